@@ -1,0 +1,149 @@
+"""The `dockyard` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
+from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
+from dockyard.domain.images import utc_now
+from dockyard.domain.names import check_account, check_region
+from dockyard.server import Services, prepare, write_private_file
+
+app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
+console = Console(stderr=True)
+ROOT_CREDENTIALS_FILE = "root-credentials.json"
+
+
+@app.callback()
+def _group() -> None:
+    """Dockyard: a self-hosted container registry that does what AWS ECR does."""
+
+
+def _account_option(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check_account(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _region_option(value: str) -> str:
+    try:
+        return check_region(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path(
+        "dockyard-data"
+    ),
+    default_account: Annotated[
+        str | None,
+        typer.Option(
+            help="12-digit account that owns requests naming no account (generated at first start).",
+            callback=_account_option,
+        ),
+    ] = None,
+    default_region: Annotated[str, typer.Option(callback=_region_option)] = "us-east-1",
+    database: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of the metadata store (default: SQLite in --data-dir).")
+    ] = None,
+    create_on_push: Annotated[
+        bool, typer.Option(help="Create a repository when an image is first pushed to it.")
+    ] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+) -> None:
+    """Run the registry (`/v2`) on one port."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    account = default_account or _remembered_account(data_dir) or _new_account_id()
+    settings = Settings(data_dir, account, default_region, host, port, database, create_on_push, workers)
+    services = prepare(settings)
+    credentials = _bootstrap_credentials(services, settings)
+    _announce(settings, credentials)
+    os.environ[SETTINGS_ENV] = settings.to_environment()
+    _run_server(settings)
+
+
+def _run_server(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "dockyard.server:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        log_access=False,
+        http1_settings=None,
+    ).serve()
+
+
+def _remembered_account(data_dir: Path) -> str | None:
+    path = data_dir / ROOT_CREDENTIALS_FILE
+    if not path.exists():
+        return None
+    account: str = json.loads(path.read_text())["accountId"]
+    return account
+
+
+def _new_account_id() -> str:
+    return str(secrets.randbelow(9 * 10**11) + 10**11)
+
+
+def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+    given_id, given_secret = os.environ.get(ROOT_KEY_ID_ENV), os.environ.get(ROOT_SECRET_ENV)
+    given = (given_id, given_secret) if given_id and given_secret else None
+    credentials = bootstrap_root_credentials(
+        services.metadata, services.box, settings.default_account, utc_now(), given
+    )
+    path = settings.data_dir / ROOT_CREDENTIALS_FILE
+    if credentials is not None and credentials.created and not path.exists():
+        record = {
+            "accountId": settings.default_account,
+            "accessKeyId": credentials.access_key_id,
+            "secretAccessKey": credentials.secret_access_key,
+        }
+        write_private_file(path, (json.dumps(record, indent=2) + "\n").encode())
+    return credentials
+
+
+def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
+    console.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
+    console.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
+    if credentials is not None and credentials.created and os.environ.get(ROOT_SECRET_ENV) is None:
+        console.print(
+            "Root credentials were generated (shown once; also saved with mode 0600 in "
+            f"{settings.data_dir / ROOT_CREDENTIALS_FILE}):"
+        )
+        console.print(f"  access key id:     {credentials.access_key_id}")
+        console.print(f"  secret access key: {credentials.secret_access_key}")
+    else:
+        console.print(
+            f"Root credentials: see {ROOT_KEY_ID_ENV} or {settings.data_dir / ROOT_CREDENTIALS_FILE}"
+        )
+    host = settings.public_url.removeprefix("http://")
+    console.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One Settings object: built from CLI flags, handed to worker processes through the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+SETTINGS_ENV: Final = "DOCKYARD_SETTINGS"
+ROOT_KEY_ID_ENV: Final = "DOCKYARD_ROOT_ACCESS_KEY_ID"
+ROOT_SECRET_ENV: Final = "DOCKYARD_ROOT_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
+MASTER_KEY_ENV: Final = "DOCKYARD_MASTER_KEY"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    default_account: str
+    default_region: str = "us-east-1"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    database_url: str | None = None
+    create_on_push: bool = True
+    workers: int = 1
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def public_url(self) -> str:
+        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    def to_environment(self) -> str:
+        values = asdict(self)
+        values["data_dir"] = str(self.data_dir)
+        return json.dumps(values)
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        values = json.loads(os.environ[SETTINGS_ENV])
+        values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)

@@ -1,0 +1,362 @@
+"""Images: uploads, blob commit, manifest put, tags, deletes, mounts and referrers.
+
+The `/v2` routes and the ECR layer/image operations are two doors onto this module; nothing about an image
+is implemented twice. Nothing here knows HTTP: adapters hand in parsed values and stream bytes through the
+`BlobAppender` this module gives them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from dockyard.domain.errors import (
+    BlobUnknown,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestReferenced,
+    ManifestUnknown,
+    NameUnknown,
+    PaginationNumberInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from dockyard.domain.manifests import OCI_INDEX, ParsedManifest, parse_manifest
+from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference
+from dockyard.domain.ports import (
+    BlobStore,
+    ManifestRecord,
+    ManifestReference,
+    MetadataStore,
+    Repository,
+    UploadSession,
+    UploadWriter,
+)
+
+Clock = Callable[[], datetime]
+MAX_PAGE: Final = 1000
+# Layers that live elsewhere by design (Windows foreign layers): never uploaded, so never required.
+_NON_DISTRIBUTABLE_MARKERS: Final = ("foreign", "nondistributable")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[str]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    record: ManifestRecord
+    content: bytes
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    digest: Digest
+    subject: Digest | None
+
+
+def page_size(requested: str | None) -> int:
+    """`n` of tag and catalog listings: a non-negative integer, clamped to MAX_PAGE."""
+    if requested is None or requested == "":
+        return MAX_PAGE
+    if not requested.isdigit():
+        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {requested!r}")
+    return min(int(requested), MAX_PAGE)
+
+
+class RunningHashes:
+    """sha256 states of uploads in progress, kept per process as an optimisation only.
+
+    hashlib cannot serialise a hash state, so another process (or this one after a restart) that lacks the
+    state for an upload recomputes it from the stored bytes; correctness never depends on this cache.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[int, Any]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, upload_id: str, size: int) -> Any | None:
+        with self._lock:
+            entry = self._states.pop(upload_id, None)
+        if entry is None or entry[0] != size:
+            return None
+        return entry[1]
+
+    def put(self, upload_id: str, size: int, hasher: Any) -> None:
+        with self._lock:
+            self._states[upload_id] = (size, hasher)
+
+    def forget(self, upload_id: str) -> None:
+        with self._lock:
+            self._states.pop(upload_id, None)
+
+
+class BlobAppender:
+    """Receives one request's worth of upload bytes: hashes while writing, then records the new size."""
+
+    def __init__(self, upload_id: str, writer: UploadWriter, hasher: Any, size: int, hashes: RunningHashes):
+        self.upload_id = upload_id
+        self.size = size
+        self._writer = writer
+        self._hasher = hasher
+        self._hashes = hashes
+
+    def write(self, data: bytes) -> None:
+        self._hasher.update(data)
+        self._writer.write(data)
+        self.size += len(data)
+
+    def finish(self) -> int:
+        self._writer.close()
+        self._hashes.put(self.upload_id, self.size, self._hasher)
+        return self.size
+
+    def abandon(self) -> None:
+        """Keep what was written (the upload stays resumable) but forget the hash state."""
+        self._writer.close()
+        self._hashes.forget(self.upload_id)
+
+
+class Registry:
+    """The image model behind both doors."""
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        clock: Clock = utc_now,
+        create_on_push: bool = True,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.clock = clock
+        self.create_on_push = create_on_push
+        self.new_id = new_id
+        self.hashes = RunningHashes()
+
+    # ----------------------------------------------------------------------------------- repositories
+
+    def repository(self, ref: RepositoryRef) -> Repository:
+        repository = self.metadata.get_repository(ref)
+        if repository is None:
+            raise NameUnknown(f"repository {ref.name!r} not known to registry", detail={"name": ref.name})
+        return repository
+
+    def repository_for_push(self, ref: RepositoryRef) -> Repository:
+        repository = self.metadata.get_repository(ref)
+        if repository is not None:
+            return repository
+        if not self.create_on_push:
+            raise NameUnknown(f"repository {ref.name!r} not known to registry", detail={"name": ref.name})
+        return self.metadata.create_repository(ref, self.clock())
+
+    def catalog(self, account_id: str, region: str, after: str | None, limit: int) -> Page:
+        names = self.metadata.list_repository_names(account_id, region, after, limit + 1)
+        return Page(names[:limit], len(names) > limit)
+
+    # ----------------------------------------------------------------------------------- blobs
+
+    def blob_size(self, ref: RepositoryRef, digest: Digest) -> int:
+        size = self.metadata.linked_blob_size(self.repository(ref).id, digest)
+        if size is None:
+            raise BlobUnknown(f"blob {digest} unknown to repository", detail={"digest": str(digest)})
+        return size
+
+    def delete_blob(self, ref: RepositoryRef, digest: Digest) -> None:
+        if not self.metadata.unlink_blob(self.repository(ref).id, digest):
+            raise BlobUnknown(f"blob {digest} unknown to repository", detail={"digest": str(digest)})
+
+    def mount_blob(self, target: RepositoryRef, digest: Digest, source: RepositoryRef) -> bool:
+        """Link a blob another repository holds; False when it cannot be mounted (the caller uploads)."""
+        source_repository = self.metadata.get_repository(source)
+        if source_repository is None:
+            return False
+        size = self.metadata.linked_blob_size(source_repository.id, digest)
+        if size is None:
+            return False
+        repository = self.repository_for_push(target)
+        self.metadata.link_blob(repository.id, digest, size, self.clock())
+        return True
+
+    # ----------------------------------------------------------------------------------- uploads
+
+    def start_upload(self, ref: RepositoryRef) -> str:
+        repository = self.repository_for_push(ref)
+        upload_id = self.new_id()
+        self.blobs.start_upload(upload_id)
+        self.metadata.create_upload(UploadSession(upload_id, repository.id, self.clock()))
+        return upload_id
+
+    def upload_size(self, ref: RepositoryRef, upload_id: str) -> int:
+        self._session(ref, upload_id)
+        size = self.blobs.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        return size
+
+    def begin_append(self, ref: RepositoryRef, upload_id: str, start: int | None) -> BlobAppender:
+        """Open the upload for one chunk; `start` is the chunk's first byte when the client said it."""
+        size = self.upload_size(ref, upload_id)
+        if start is not None and start != size:
+            raise RangeInvalid(
+                f"chunk starts at byte {start} but {size} bytes have been received",
+                detail={"received": size},
+            )
+        hasher = self.hashes.take(upload_id, size) or self._rehash(upload_id, "sha256")
+        return BlobAppender(upload_id, self.blobs.append_upload(upload_id), hasher, size, self.hashes)
+
+    def complete_upload(self, ref: RepositoryRef, upload_id: str, digest: Digest) -> int:
+        session = self._session(ref, upload_id)
+        size = self.upload_size(ref, upload_id)
+        hasher = self.hashes.take(upload_id, size) if digest.algorithm == "sha256" else None
+        if hasher is None:
+            hasher = self._rehash(upload_id, digest.algorithm)
+        if hasher.hexdigest() != digest.hex:
+            self.cancel_upload(ref, upload_id)
+            raise DigestInvalid(
+                f"uploaded content does not match digest {digest}", detail={"digest": str(digest)}
+            )
+        self.blobs.commit_upload(upload_id, digest)
+        self.metadata.link_blob(session.repository_id, digest, size, self.clock())
+        self.metadata.delete_upload(upload_id)
+        return size
+
+    def cancel_upload(self, ref: RepositoryRef, upload_id: str) -> None:
+        self._session(ref, upload_id)
+        self.hashes.forget(upload_id)
+        self.blobs.abort_upload(upload_id)
+        self.metadata.delete_upload(upload_id)
+
+    def check_declared_size(self, declared: int | None, received: int) -> None:
+        if declared is not None and declared != received:
+            raise SizeInvalid(f"Content-Length says {declared} bytes but {received} arrived")
+
+    def _session(self, ref: RepositoryRef, upload_id: str) -> UploadSession:
+        session = self.metadata.get_upload(upload_id)
+        repository = self.metadata.get_repository(ref)
+        if session is None or repository is None or session.repository_id != repository.id:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        return session
+
+    def _rehash(self, upload_id: str, algorithm: str) -> Any:
+        hasher = hashlib.new(algorithm)
+        for chunk in self.blobs.read_upload(upload_id):
+            hasher.update(chunk)
+        return hasher
+
+    # ----------------------------------------------------------------------------------- manifests
+
+    def put_manifest(
+        self, ref: RepositoryRef, reference: str, raw: bytes, content_type: str | None
+    ) -> PushedManifest:
+        by_digest = is_digest_reference(reference)
+        expected = Digest.parse(reference) if by_digest else None
+        tags = [] if by_digest else [check_tag(reference)]
+        manifest = parse_manifest(raw, content_type, expected.algorithm if expected else "sha256")
+        if expected is not None and expected != manifest.digest:
+            raise DigestInvalid(
+                f"manifest digest {manifest.digest} does not match {expected}", detail={"digest": reference}
+            )
+        repository = self.repository_for_push(ref)
+        self.blobs.put_blob(manifest.digest, raw)
+        missing = self.metadata.put_manifest(
+            repository.id, self._record(manifest), _references(manifest), tags
+        )
+        if missing:
+            raise ManifestBlobUnknown(
+                "manifest references content unknown to the repository: " + ", ".join(map(str, missing)),
+                detail=[{"digest": str(d)} for d in missing],
+            )
+        subject = manifest.subject.digest if manifest.subject else None
+        return PushedManifest(manifest.digest, subject)
+
+    def manifest(self, ref: RepositoryRef, reference: str) -> ManifestRecord:
+        repository = self.repository(ref)
+        if is_digest_reference(reference):
+            record = self.metadata.get_manifest(repository.id, Digest.parse(reference))
+        else:
+            record = self.metadata.resolve_tag(repository.id, check_tag(reference))
+        if record is None:
+            raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
+        return record
+
+    def manifest_content(self, record: ManifestRecord) -> bytes:
+        return b"".join(self.blobs.read_blob(record.digest))
+
+    def delete_manifest(self, ref: RepositoryRef, reference: str) -> None:
+        repository = self.repository(ref)
+        if not is_digest_reference(reference):
+            if not self.metadata.delete_tag(repository.id, check_tag(reference)):
+                raise ManifestUnknown(f"tag {reference!r} unknown", detail={"tag": reference})
+            return
+        digest = Digest.parse(reference)
+        parents = self.metadata.manifest_parents(repository.id, digest)
+        if parents:
+            raise ManifestReferenced(
+                f"manifest {digest} is listed by index {parents[0]}; delete the index first",
+                detail={"digest": str(digest), "referencedBy": [str(p) for p in parents]},
+            )
+        if not self.metadata.delete_manifest(repository.id, digest):
+            raise ManifestUnknown(f"manifest {digest} unknown", detail={"digest": reference})
+
+    def tags(self, ref: RepositoryRef, after: str | None, limit: int) -> Page:
+        names = self.metadata.list_tags(self.repository(ref).id, after, limit + 1)
+        return Page(names[:limit], len(names) > limit)
+
+    def referrers(self, ref: RepositoryRef, subject: Digest, artifact_type: str | None) -> dict[str, Any]:
+        """The referrers index of `subject`: 200 with an empty list even when nothing refers to it."""
+        repository = self.metadata.get_repository(ref)
+        records = (
+            [] if repository is None else self.metadata.list_referrers(repository.id, subject, artifact_type)
+        )
+        return {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [_referrer_entry(record) for record in records],
+        }
+
+    def _record(self, manifest: ParsedManifest) -> ManifestRecord:
+        return ManifestRecord(
+            digest=manifest.digest,
+            media_type=manifest.media_type,
+            size=manifest.size,
+            artifact_type=manifest.artifact_type,
+            subject=manifest.subject.digest if manifest.subject else None,
+            annotations=manifest.annotations,
+            pushed_at=self.clock(),
+        )
+
+
+def _references(manifest: ParsedManifest) -> list[ManifestReference]:
+    blobs = [
+        ManifestReference(d.digest, is_manifest=False)
+        for d in manifest.blobs
+        if not any(marker in d.media_type for marker in _NON_DISTRIBUTABLE_MARKERS)
+    ]
+    return blobs + [ManifestReference(d.digest, is_manifest=True) for d in manifest.children]
+
+
+def _referrer_entry(record: ManifestRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "mediaType": record.media_type,
+        "digest": str(record.digest),
+        "size": record.size,
+    }
+    if record.artifact_type:
+        entry["artifactType"] = record.artifact_type
+    if record.annotations:
+        entry["annotations"] = record.annotations
+    return entry

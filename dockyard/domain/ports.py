@@ -1,0 +1,186 @@
+"""The seams between the domain and storage: small protocols and the value objects that cross them.
+
+Stores return frozen dataclasses, never ORM rows or driver objects, so an adapter cannot trigger hidden
+queries. Each protocol is small on purpose; one storage class may implement several of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from dockyard.domain.names import Digest, RepositoryRef
+
+# --------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Repository:
+    id: int
+    ref: RepositoryRef
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    id: str
+    repository_id: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: Digest
+    media_type: str
+    size: int
+    artifact_type: str | None
+    subject: Digest | None
+    annotations: dict[str, str]
+    pushed_at: datetime
+
+
+@dataclass(frozen=True)
+class ManifestReference:
+    """An edge from a manifest to content it needs: a blob (config, layer) or a child manifest."""
+
+    digest: Digest
+    is_manifest: bool
+
+
+@dataclass(frozen=True)
+class Credential:
+    access_key_id: str
+    sealed_secret: str
+    account_id: str
+    user_name: str | None  # None for the account's root user
+
+
+# --------------------------------------------------------------------------------------------- blobs
+
+
+class UploadWriter(Protocol):
+    """Appends bytes to an upload in progress. `close` makes what was written part of the upload."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed bytes plus the staging area for uploads in progress.
+
+    Contract (tests/unit/storage/test_blob_store_contract.py runs it against every implementation):
+    a blob is readable only after `commit_upload` or `put_blob` returned, and only with the bytes whose
+    digest it carries; committing a digest that already exists keeps one copy; a crash at any point leaves
+    garbage, never a half-written visible blob.
+    """
+
+    def blob_size(self, digest: Digest) -> int | None: ...
+
+    def read_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> Iterator[bytes]: ...
+
+    def local_path(self, digest: Digest) -> str | None:
+        """A file path the server may send with zero-copy, or None when the store has none to offer."""
+        ...
+
+    def put_blob(self, digest: Digest, data: bytes) -> None: ...
+
+    def delete_blob(self, digest: Digest) -> None: ...
+
+    def start_upload(self, upload_id: str) -> None: ...
+
+    def upload_size(self, upload_id: str) -> int | None: ...
+
+    def append_upload(self, upload_id: str) -> UploadWriter: ...
+
+    def read_upload(self, upload_id: str) -> Iterator[bytes]: ...
+
+    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+        """Durably publish the upload under `digest` (the caller verified it) and drop the upload."""
+        ...
+
+    def abort_upload(self, upload_id: str) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+class RepositoryStore(Protocol):
+    def get_repository(self, ref: RepositoryRef) -> Repository | None: ...
+
+    def create_repository(self, ref: RepositoryRef, now: datetime) -> Repository:
+        """Create the repository, or return it when a concurrent caller created it first."""
+        ...
+
+    def list_repository_names(
+        self, account_id: str, region: str, after: str | None, limit: int
+    ) -> list[str]: ...
+
+
+class BlobLinkStore(Protocol):
+    def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None: ...
+
+    def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None: ...
+
+    def unlink_blob(self, repository_id: int, digest: Digest) -> bool: ...
+
+
+class UploadStore(Protocol):
+    def create_upload(self, session: UploadSession) -> None: ...
+
+    def get_upload(self, upload_id: str) -> UploadSession | None: ...
+
+    def delete_upload(self, upload_id: str) -> None: ...
+
+
+class ManifestStore(Protocol):
+    def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None: ...
+
+    def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None: ...
+
+    def put_manifest(
+        self,
+        repository_id: int,
+        record: ManifestRecord,
+        references: Iterable[ManifestReference],
+        tags: Iterable[str],
+    ) -> list[Digest]:
+        """Store the manifest, its references and tags in one transaction.
+
+        Returns the references missing from the repository; when any is missing nothing is written.
+        """
+        ...
+
+    def delete_tag(self, repository_id: int, tag: str) -> bool: ...
+
+    def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
+        """Delete the manifest and every tag on it."""
+        ...
+
+    def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
+        """The manifests of the repository that list `digest` as a child."""
+        ...
+
+    def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]: ...
+
+    def list_referrers(
+        self, repository_id: int, subject: Digest, artifact_type: str | None
+    ) -> list[ManifestRecord]: ...
+
+
+class CredentialStore(Protocol):
+    def get_credential(self, access_key_id: str) -> Credential | None: ...
+
+    def ensure_account(self, account_id: str, now: datetime) -> None: ...
+
+    def add_credential(self, credential: Credential, now: datetime) -> None: ...
+
+    def root_credential_ids(self, account_id: str) -> list[str]: ...
+
+
+class MetadataStore(RepositoryStore, BlobLinkStore, UploadStore, ManifestStore, CredentialStore, Protocol):
+    """Everything the registry core keeps about content; SQLite or PostgreSQL behind the same code."""

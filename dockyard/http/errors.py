@@ -1,0 +1,33 @@
+"""Renders domain errors on the registry door: the OCI error JSON with the status the error registry gives."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.responses import Response
+
+from dockyard.domain.errors import DockyardError, Unauthorized, Unavailable
+
+log = logging.getLogger("dockyard.http")
+
+
+def oci_error_response(error: DockyardError, head: bool, challenge: str | None) -> Response:
+    entry: dict[str, Any] = {"code": error.oci_code, "message": error.message}
+    if error.detail is not None:
+        entry["detail"] = error.detail
+    body = b"" if head else json.dumps({"errors": [entry]}).encode()
+    headers = dict(error.headers)
+    if isinstance(error, Unauthorized) and challenge:
+        headers["WWW-Authenticate"] = challenge
+    response = Response(body, status_code=error.http_status, media_type="application/json", headers=headers)
+    if head:
+        response.headers["content-length"] = "0"
+    return response
+
+
+def unexpected_error_response(exc: BaseException, head: bool) -> Response:
+    """A bug or an outage: logged with its stack, answered with a spec-shaped body and no internals."""
+    log.exception("unexpected error while serving a registry request", exc_info=exc)
+    return oci_error_response(Unavailable("internal error; the request was not completed"), head, None)

@@ -1,0 +1,493 @@
+"""The OCI Distribution door (`/v2/…`): parse, authenticate, authorise, call the domain, serialise.
+
+Each route names the ECR action it is authorised against (see docs/authorization.md for the table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from dockyard.domain.errors import (
+    BlobUploadInvalid,
+    DigestInvalid,
+    DockyardError,
+    ManifestTooLarge,
+    NameUnknown,
+    RangeInvalid,
+    RangeNotSatisfiable,
+    Unauthorized,
+)
+from dockyard.domain.iam import Authenticator, Authorizer, Principal
+from dockyard.domain.images import BlobAppender, Registry, page_size
+from dockyard.domain.manifests import MAX_MANIFEST_BYTES
+from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
+from dockyard.http.auth import principal_of
+from dockyard.http.errors import oci_error_response, unexpected_error_response
+
+API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
+# Bytes handed to a worker thread at a time: large enough that thread hand-offs cost nothing,
+# small enough that memory stays flat whatever the blob size.
+WRITE_BATCH: Final = 4 * 1024 * 1024
+_CONTENT_RANGE_RE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/[0-9*]+)?")
+_RANGE_RE: Final = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+Handler = Callable[["Call"], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One parsed registry request."""
+
+    request: Request
+    principal: Principal | None
+    ref: RepositoryRef
+    params: dict[str, str]
+
+
+class RegistryDoor:
+    """The ASGI app mounted at `/v2`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        authenticator: Authenticator,
+        authorizer: Authorizer,
+        default_account: str,
+        default_region: str,
+        realm: str,
+    ) -> None:
+        self.registry = registry
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.default_account = default_account
+        self.default_region = default_region
+        self.challenge = f'Basic realm="{realm}",service="dockyard"'
+        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self.start_upload}),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)"),
+                {
+                    "GET": self.upload_status,
+                    "PATCH": self.upload_chunk,
+                    "PUT": self.finish_upload,
+                    "DELETE": self.cancel_upload,
+                },
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
+                {"GET": self.get_blob, "HEAD": self.get_blob, "DELETE": self.delete_blob},
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
+                {
+                    "GET": self.get_manifest,
+                    "HEAD": self.get_manifest,
+                    "PUT": self.put_manifest,
+                    "DELETE": self.delete_manifest,
+                },
+            ),
+            (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": self.list_tags}),
+            (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": self.referrers}),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        head = request.method == "HEAD"
+        try:
+            response = await self.dispatch(request)
+        except DockyardError as error:
+            response = oci_error_response(error, head, self.challenge)
+        except Exception as exc:
+            response = unexpected_error_response(exc, head)
+        response.headers.update(API_VERSION_HEADER)
+        await response(scope, receive, send)
+
+    async def dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        principal = principal_of(request, self.authenticator)
+        if path in ("/v2", "/v2/"):
+            return self.base(principal)
+        if path == "/v2/_catalog":
+            return self.catalog(request, principal)
+        for pattern, handlers in self.routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            handler = handlers.get(request.method)
+            if handler is None:
+                return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
+            params = match.groupdict()
+            ref = self.repository_ref(request, principal, check_repository_name(params.pop("name")))
+            return await handler(Call(request, principal, ref, params))
+        raise NameUnknown(f"no registry route for {path!r}")
+
+    def repository_ref(self, request: Request, principal: Principal | None, name: str) -> RepositoryRef:
+        """Account and region come from the host name when it names them, else from the caller."""
+        from_host = registry_from_host(request.headers.get("host", ""))
+        if from_host is not None:
+            return RepositoryRef(from_host[0], from_host[1], name)
+        account = principal.account_id if principal else self.default_account
+        return RepositoryRef(account, self.default_region, name)
+
+    def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None) -> None:
+        self.authorizer.authorize(call.principal, action, ref or call.ref)
+
+    # ------------------------------------------------------------------------------------ base, catalog
+
+    def base(self, principal: Principal | None) -> Response:
+        if principal is None:
+            raise Unauthorized("authentication required")
+        return _json({})
+
+    def catalog(self, request: Request, principal: Principal | None) -> Response:
+        ref = self.repository_ref(request, principal, "catalog")
+        self.authorizer.authorize_account(principal, "ecr:DescribeRepositories", ref.account_id)
+        limit = page_size(request.query_params.get("n"))
+        after = request.query_params.get("last") or None
+        page = self.registry.catalog(ref.account_id, ref.region, after, limit)
+        headers = _next_link("/v2/_catalog", limit, page.items) if page.has_more and limit else {}
+        return _json({"repositories": page.items}, headers=headers)
+
+    # ------------------------------------------------------------------------------------ blobs
+
+    async def get_blob(self, call: Call) -> Response:
+        head = call.request.method == "HEAD"
+        self.authorize(call, "ecr:BatchCheckLayerAvailability" if head else "ecr:GetDownloadUrlForLayer")
+        digest = Digest.parse(call.params["digest"])
+        size = self.registry.blob_size(call.ref, digest)
+        headers = {
+            "Docker-Content-Digest": str(digest),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+            "Cache-Control": "max-age=31536000",
+        }
+        byte_range = _requested_range(call.request.headers.get("range"), size)
+        if head:
+            length = size if byte_range is None else byte_range[1] - byte_range[0] + 1
+            return _head_response(200 if byte_range is None else 206, length, headers, byte_range, size)
+        if byte_range is None:
+            return BlobResponse(self.registry, digest, 0, size, headers, 200)
+        start, end = byte_range
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return BlobResponse(self.registry, digest, start, end - start + 1, headers, 206)
+
+    async def delete_blob(self, call: Call) -> Response:
+        self.authorize(call, "ecr:BatchDeleteImage")
+        await run_in_threadpool(self.registry.delete_blob, call.ref, Digest.parse(call.params["digest"]))
+        return Response(status_code=202, headers={"Content-Length": "0"})
+
+    # ------------------------------------------------------------------------------------ uploads
+
+    async def start_upload(self, call: Call) -> Response:
+        self.authorize(call, "ecr:InitiateLayerUpload")
+        query = call.request.query_params
+        mount, source = query.get("mount"), query.get("from")
+        if mount and source:
+            mounted = await self.try_mount(call, Digest.parse(mount), check_repository_name(source))
+            if mounted is not None:
+                return mounted
+        upload_id = await run_in_threadpool(self.registry.start_upload, call.ref)
+        if query.get("digest"):
+            return await self.monolithic_upload(call, upload_id, Digest.parse(query["digest"]))
+        return self.upload_accepted(call.ref, upload_id, 0)
+
+    async def try_mount(self, call: Call, digest: Digest, source_name: str) -> Response | None:
+        source = RepositoryRef(call.ref.account_id, call.ref.region, source_name)
+        try:
+            self.authorize(call, "ecr:GetDownloadUrlForLayer", source)
+        except DockyardError:
+            return None  # no read access to the source: the client uploads instead (spec: 202, not an error)
+        if not await run_in_threadpool(self.registry.mount_blob, call.ref, digest, source):
+            return None
+        return _created(call.ref, "blobs", digest)
+
+    async def monolithic_upload(self, call: Call, upload_id: str, digest: Digest) -> Response:
+        appender = await run_in_threadpool(self.registry.begin_append, call.ref, upload_id, 0)
+        received = await receive_into(call.request, appender)
+        self.registry.check_declared_size(_content_length(call.request), received)
+        await run_in_threadpool(self.registry.complete_upload, call.ref, upload_id, digest)
+        return _created(call.ref, "blobs", digest)
+
+    async def upload_status(self, call: Call) -> Response:
+        self.authorize(call, "ecr:UploadLayerPart")
+        size = await run_in_threadpool(self.registry.upload_size, call.ref, call.params["upload"])
+        return self.upload_accepted(call.ref, call.params["upload"], size, status=204)
+
+    async def upload_chunk(self, call: Call) -> Response:
+        self.authorize(call, "ecr:UploadLayerPart")
+        appender = await self.open_chunk(call)
+        await receive_into(call.request, appender)
+        return self.upload_accepted(call.ref, call.params["upload"], appender.size)
+
+    async def chunk_start(self, call: Call) -> int | None:
+        """The first byte of a chunk from `Content-Range` (checked against `Content-Length`), or None."""
+        header = call.request.headers.get("content-range")
+        if header is None:
+            return None
+        match = _CONTENT_RANGE_RE.fullmatch(header.strip())
+        if match is None:
+            raise BlobUploadInvalid(f"malformed Content-Range {header!r}; expected <start>-<end>")
+        start, end = int(match.group(1)), int(match.group(2))
+        declared = _content_length(call.request)
+        if end < start or (declared is not None and declared != end - start + 1):
+            raise BlobUploadInvalid(f"Content-Range {header!r} does not match Content-Length {declared}")
+        return start
+
+    async def open_chunk(self, call: Call) -> BlobAppender:
+        """Open the upload at the chunk's start; an out-of-order chunk gets 416 with where to resume."""
+        upload_id = call.params["upload"]
+        start = await self.chunk_start(call)
+        try:
+            return await run_in_threadpool(self.registry.begin_append, call.ref, upload_id, start)
+        except RangeInvalid as error:
+            size = error.detail["received"]
+            error.headers.update({"Location": _upload_location(call.ref, upload_id), "Range": _range(size)})
+            raise
+
+    async def finish_upload(self, call: Call) -> Response:
+        self.authorize(call, "ecr:CompleteLayerUpload")
+        upload_id = call.params["upload"]
+        digest_text = call.request.query_params.get("digest")
+        if not digest_text:
+            raise DigestInvalid("the digest query parameter is required to complete an upload")
+        digest = Digest.parse(digest_text)
+        if _content_length(call.request) != 0 or "transfer-encoding" in call.request.headers:
+            await receive_into(call.request, await self.open_chunk(call))
+        await run_in_threadpool(self.registry.complete_upload, call.ref, upload_id, digest)
+        return _created(call.ref, "blobs", digest)
+
+    async def cancel_upload(self, call: Call) -> Response:
+        self.authorize(call, "ecr:UploadLayerPart")
+        await run_in_threadpool(self.registry.cancel_upload, call.ref, call.params["upload"])
+        return Response(status_code=204)
+
+    def upload_accepted(self, ref: RepositoryRef, upload_id: str, size: int, status: int = 202) -> Response:
+        return Response(
+            status_code=status,
+            headers={
+                "Location": _upload_location(ref, upload_id),
+                "Range": _range(size),
+                "Docker-Upload-UUID": upload_id,
+                "Content-Length": "0",
+            },
+        )
+
+    # ------------------------------------------------------------------------------------ manifests
+
+    async def get_manifest(self, call: Call) -> Response:
+        self.authorize(call, "ecr:BatchGetImage")
+        record = self.registry.manifest(call.ref, call.params["reference"])
+        headers = {"Docker-Content-Digest": str(record.digest), "ETag": f'"{record.digest}"'}
+        if call.request.method == "HEAD":
+            headers["Content-Length"] = str(record.size)
+            return Response(status_code=200, headers=headers, media_type=record.media_type)
+        content = await run_in_threadpool(self.registry.manifest_content, record)
+        return Response(content, status_code=200, headers=headers, media_type=record.media_type)
+
+    async def put_manifest(self, call: Call) -> Response:
+        self.authorize(call, "ecr:PutImage")
+        raw = await read_limited(call.request, MAX_MANIFEST_BYTES)
+        pushed = await run_in_threadpool(
+            self.registry.put_manifest,
+            call.ref,
+            call.params["reference"],
+            raw,
+            call.request.headers.get("content-type"),
+        )
+        response = _created(call.ref, "manifests", pushed.digest)
+        if pushed.subject is not None:
+            response.headers["OCI-Subject"] = str(pushed.subject)
+        return response
+
+    async def delete_manifest(self, call: Call) -> Response:
+        self.authorize(call, "ecr:BatchDeleteImage")
+        await run_in_threadpool(self.registry.delete_manifest, call.ref, call.params["reference"])
+        return Response(status_code=202, headers={"Content-Length": "0"})
+
+    async def list_tags(self, call: Call) -> Response:
+        self.authorize(call, "ecr:ListImages")
+        limit = page_size(call.request.query_params.get("n"))
+        after = call.request.query_params.get("last") or None
+        page = self.registry.tags(call.ref, after, limit)
+        path = f"/v2/{call.ref.name}/tags/list"
+        headers = _next_link(path, limit, page.items) if page.has_more and limit else {}
+        return _json({"name": call.ref.name, "tags": page.items}, headers=headers)
+
+    async def referrers(self, call: Call) -> Response:
+        self.authorize(call, "ecr:BatchGetImage")
+        digest = Digest.parse(call.params["digest"])
+        artifact_type = call.request.query_params.get("artifactType") or None
+        index = self.registry.referrers(call.ref, digest, artifact_type)
+        headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+        return _json(index, media_type="application/vnd.oci.image.index.v1+json", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------- request bodies
+
+
+async def receive_into(request: Request, appender: BlobAppender) -> int:
+    """Stream the request body into an upload, hashing and writing in a worker thread.
+
+    The next batch is received while the previous one is hashed and written (hashlib releases the GIL), so
+    receiving and hashing overlap; batches are written strictly in order. Returns the bytes received.
+    """
+    received = 0
+    pending: asyncio.Future[None] | None = None
+    try:
+        async for batch in _batches(request.stream(), WRITE_BATCH):
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(run_in_threadpool(appender.write, batch))
+            received += len(batch)
+        if pending is not None:
+            await pending
+    except BaseException:
+        if pending is not None and not pending.done():
+            await asyncio.shield(pending)
+        await run_in_threadpool(appender.abandon)
+        raise
+    await run_in_threadpool(appender.finish)
+    return received
+
+
+async def _batches(stream: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    parts: list[bytes] = []
+    buffered = 0
+    async for chunk in stream:
+        parts.append(chunk)
+        buffered += len(chunk)
+        if buffered >= size:
+            yield b"".join(parts)
+            parts.clear()
+            buffered = 0
+    if buffered:
+        yield b"".join(parts)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise ManifestTooLarge(f"manifest of {declared} bytes exceeds the {limit}-byte limit")
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ManifestTooLarge(f"manifest exceeds the {limit}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BlobUploadInvalid(f"malformed Content-Length {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------- responses
+
+
+class BlobResponse(Response):
+    """A blob (or a slice of it): zero-copy `pathsend` when the server and store allow, else streamed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        digest: Digest,
+        offset: int,
+        length: int,
+        headers: dict[str, str],
+        status: int,
+    ) -> None:
+        super().__init__(status_code=status, headers=headers, media_type="application/octet-stream")
+        self.headers["content-length"] = str(length)
+        self.registry = registry
+        self.digest = digest
+        self.offset = offset
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        path = self.registry.blobs.local_path(self.digest)
+        whole = self.offset == 0 and self.status_code == 200
+        if path is not None and whole and "http.response.pathsend" in scope.get("extensions", {}):
+            await send({"type": "http.response.pathsend", "path": path})
+            return
+        chunks: Iterator[bytes] = self.registry.blobs.read_blob(self.digest, self.offset, self.length)
+        async for chunk in iterate_in_threadpool(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range a blob GET asks for; None for the whole blob (also for multi-range asks)."""
+    if header is None:
+        return None
+    match = _RANGE_RE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(
+            f"range {header!r} is outside the blob of {size} bytes", **{"Content-Range": f"bytes */{size}"}
+        )
+    return start, end
+
+
+def _head_response(
+    status: int, length: int, headers: dict[str, str], byte_range: tuple[int, int] | None, size: int
+) -> Response:
+    response = Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    response.headers["content-length"] = str(length)
+    if byte_range is not None:
+        response.headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+    return response
+
+
+def _json(body: Any, media_type: str = "application/json", headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body).encode(), media_type=media_type, headers=headers)
+
+
+def _created(ref: RepositoryRef, kind: str, digest: Digest) -> Response:
+    return Response(
+        status_code=201,
+        headers={
+            "Location": f"/v2/{ref.name}/{kind}/{digest}",
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+def _range(size: int) -> str:
+    """The `Range` of an upload: the inclusive range received so far (`0-0` also when nothing arrived)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def _upload_location(ref: RepositoryRef, upload_id: str) -> str:
+    return f"/v2/{ref.name}/blobs/uploads/{upload_id}"
+
+
+def _next_link(path: str, limit: int, items: list[str]) -> dict[str, str]:
+    query = urlencode({"n": limit, "last": items[-1]}, quote_via=quote)
+    return {"Link": f'<{path}?{query}>; rel="next"'}

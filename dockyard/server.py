@@ -1,0 +1,110 @@
+"""Builds the ASGI application: wires domain services to stores, routes requests to the doors."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dockyard.config import MASTER_KEY_ENV, Settings
+from dockyard.domain.iam import Authenticator, Authorizer
+from dockyard.domain.images import Registry
+from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.http.registry import RegistryDoor
+from dockyard.storage.blobs.filesystem import FilesystemBlobStore
+from dockyard.storage.metadata import SqlMetadataStore, make_engine
+from dockyard.storage.migrate import upgrade
+
+
+class Services:
+    """The wired object graph one process serves from."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database)
+        self.metadata = SqlMetadataStore(self.engine)
+        self.blobs = FilesystemBlobStore(settings.blob_root)
+        self.box = SecretBox(load_master_key(settings.data_dir))
+        self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
+        self.authenticator = Authenticator(self.metadata, self.box)
+        self.authorizer = Authorizer()
+
+
+def prepare(settings: Settings) -> Services:
+    """Create the data directory and apply migrations: run once before any worker starts."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    services = Services(settings)
+    upgrade(services.engine)
+    return services
+
+
+def load_master_key(data_dir: Path) -> bytes:
+    """The master key from the environment (base64), else the data directory key file made at first start."""
+    if os.environ.get(MASTER_KEY_ENV):
+        key = base64.b64decode(os.environ[MASTER_KEY_ENV])
+        if len(key) != MASTER_KEY_BYTES:
+            raise ValueError(f"{MASTER_KEY_ENV} must be {MASTER_KEY_BYTES} bytes, base64-encoded")
+        return key
+    path = data_dir / "master.key"
+    if not path.exists():
+        write_private_file(path, base64.b64encode(secrets.token_bytes(MASTER_KEY_BYTES)) + b"\n")
+    return base64.b64decode(path.read_bytes().strip())
+
+
+def write_private_file(path: Path, content: bytes) -> None:
+    """Create a file only its owner can read (0600), never exposing it with wider permissions."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+
+
+class Dockyard:
+    """The one ASGI app: `/v2/…` goes to the registry door; health checks; everything else is 404."""
+
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        self.services = services
+        self.registry_door: ASGIApp = RegistryDoor(
+            services.registry,
+            services.authenticator,
+            services.authorizer,
+            settings.default_account,
+            settings.default_region,
+            realm=settings.public_url,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/v2" or path.startswith("/v2/"):
+            await self.registry_door(scope, receive, send)
+            return
+        response: Response
+        if path == "/healthz":
+            response = JSONResponse({"status": "ok"})
+        else:
+            response = JSONResponse({"message": "not found"}, status_code=404)
+        await response(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app() -> Dockyard:
+    """The factory each server worker calls; settings arrive through the environment."""
+    return Dockyard(Services(Settings.from_environment()))

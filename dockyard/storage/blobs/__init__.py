@@ -1,0 +1,1 @@
+"""Blob stores: implementations of `dockyard.domain.ports.BlobStore`."""

@@ -1,0 +1,533 @@
+"""The metadata store: SQLAlchemy Core tables and a transactional store over SQLite (default) or PostgreSQL.
+
+Schema (owned here; Alembic migrations in storage/migrations mirror it):
+
+    accounts             12-digit account ids
+    credentials          access keys; the secret is sealed with the master key, never stored in clear
+    repositories         one row per (account, region, name)
+    blobs                one row per digest in the whole store: content is kept once
+    repository_blobs     which blobs a repository may serve (uploaded or mounted into it)
+    manifests            one row per (repository, digest); the bytes live in the blob store
+    manifest_references  edges manifest -> blob / child manifest, for validation, deletes and GC
+    tags                 (repository, tag) -> manifest digest; last writer wins
+    uploads              upload sessions in progress (their bytes live in the blob store)
+
+Every method returns the frozen value objects of `dockyard.domain.ports`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from dockyard.domain.names import Digest, RepositoryRef
+from dockyard.domain.ports import (
+    Credential,
+    ManifestRecord,
+    ManifestReference,
+    Repository,
+    UploadSession,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+DIGEST = String(200)
+metadata_obj = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata_obj,
+    Column("id", String(12), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+credentials = Table(
+    "credentials",
+    metadata_obj,
+    Column("access_key_id", String(128), primary_key=True),
+    Column("account_id", String(12), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("user_name", String(64), nullable=True),
+    Column("sealed_secret", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_credentials_account", "account_id"),
+)
+
+repositories = Table(
+    "repositories",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(12), ForeignKey("accounts.id"), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("account_id", "region", "name", name="uq_repositories_account_region_name"),
+)
+
+blobs = Table(
+    "blobs",
+    metadata_obj,
+    Column("digest", DIGEST, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+repository_blobs = Table(
+    "repository_blobs",
+    metadata_obj,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", DIGEST, ForeignKey("blobs.digest"), primary_key=True),
+    Column("linked_at", UTCDateTime(), nullable=False),
+    Index("ix_repository_blobs_digest", "digest"),
+)
+
+manifests = Table(
+    "manifests",
+    metadata_obj,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", DIGEST, primary_key=True),
+    Column("media_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("artifact_type", String(255), nullable=True),
+    Column("subject_digest", DIGEST, nullable=True),
+    Column("annotations", Text, nullable=True),
+    Column("pushed_at", UTCDateTime(), nullable=False),
+    Index("ix_manifests_subject", "repository_id", "subject_digest"),
+)
+
+manifest_references = Table(
+    "manifest_references",
+    metadata_obj,
+    Column("repository_id", Integer, primary_key=True),
+    Column("parent_digest", DIGEST, primary_key=True),
+    Column("child_digest", DIGEST, primary_key=True),
+    Column("is_manifest", Boolean, nullable=False),
+    ForeignKeyConstraint(
+        ["repository_id", "parent_digest"],
+        ["manifests.repository_id", "manifests.digest"],
+        ondelete="CASCADE",
+    ),
+    Index("ix_manifest_references_child", "repository_id", "child_digest"),
+)
+
+tags = Table(
+    "tags",
+    metadata_obj,
+    Column("repository_id", Integer, primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("digest", DIGEST, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(
+        ["repository_id", "digest"], ["manifests.repository_id", "manifests.digest"], ondelete="CASCADE"
+    ),
+    Index("ix_tags_digest", "repository_id", "digest"),
+)
+
+uploads = Table(
+    "uploads",
+    metadata_obj,
+    Column("id", String(36), primary_key=True),
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+)
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    """An engine with the per-backend settings Dockyard relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size)
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, and BEGIN IMMEDIATE for writes.
+
+    pysqlite's own transaction handling is switched off so that a write transaction takes the write lock
+    when it begins: a deferred transaction that reads first and writes later fails with SQLITE_BUSY instead
+    of waiting when another writer committed in between.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = "IMMEDIATE" if connection.get_execution_options().get("writes") else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SqlMetadataStore:
+    """Implements every metadata protocol of `dockyard.domain.ports` over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(writes=True)
+            with connection.begin():
+                yield connection
+
+    def _insert(self, table: Table) -> Any:
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        return dialect_insert(table)
+
+    def _insert_ignore(self, table: Table) -> Insert:
+        statement: Insert = self._insert(table).on_conflict_do_nothing()
+        return statement
+
+    # ------------------------------------------------------------------------------------ repositories
+
+    def get_repository(self, ref: RepositoryRef) -> Repository | None:
+        with self._read() as connection:
+            row = connection.execute(
+                select(repositories.c.id, repositories.c.created_at).where(
+                    repositories.c.account_id == ref.account_id,
+                    repositories.c.region == ref.region,
+                    repositories.c.name == ref.name,
+                )
+            ).first()
+        return None if row is None else Repository(row.id, ref, row.created_at)
+
+    def create_repository(self, ref: RepositoryRef, now: datetime) -> Repository:
+        with self._write() as connection:
+            connection.execute(
+                self._insert_ignore(repositories).values(
+                    account_id=ref.account_id, region=ref.region, name=ref.name, created_at=now
+                )
+            )
+        created = self.get_repository(ref)
+        assert created is not None, "a repository row vanished right after its insert"
+        return created
+
+    def list_repository_names(self, account_id: str, region: str, after: str | None, limit: int) -> list[str]:
+        query = (
+            select(repositories.c.name)
+            .where(repositories.c.account_id == account_id, repositories.c.region == region)
+            .order_by(repositories.c.name)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(repositories.c.name > after)
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    # ------------------------------------------------------------------------------------ blobs
+
+    def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
+        query = (
+            select(blobs.c.size)
+            .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+            .where(repository_blobs.c.repository_id == repository_id, blobs.c.digest == str(digest))
+        )
+        with self._read() as connection:
+            size: int | None = connection.execute(query).scalar()
+        return size
+
+    def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(
+                self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now)
+            )
+            connection.execute(
+                self._insert_ignore(repository_blobs).values(
+                    repository_id=repository_id, digest=str(digest), linked_at=now
+                )
+            )
+
+    def unlink_blob(self, repository_id: int, digest: Digest) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                delete(repository_blobs).where(
+                    repository_blobs.c.repository_id == repository_id,
+                    repository_blobs.c.digest == str(digest),
+                )
+            )
+        return result.rowcount > 0
+
+    # ------------------------------------------------------------------------------------ uploads
+
+    def create_upload(self, session: UploadSession) -> None:
+        with self._write() as connection:
+            connection.execute(
+                uploads.insert().values(
+                    id=session.id, repository_id=session.repository_id, started_at=session.started_at
+                )
+            )
+
+    def get_upload(self, upload_id: str) -> UploadSession | None:
+        with self._read() as connection:
+            row = connection.execute(select(uploads).where(uploads.c.id == upload_id)).first()
+        return None if row is None else UploadSession(row.id, row.repository_id, row.started_at)
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as connection:
+            connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+    # ------------------------------------------------------------------------------------ manifests
+
+    def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
+        query = select(manifests).where(
+            manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _manifest_record(row)
+
+    def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None:
+        query = (
+            select(manifests)
+            .join(
+                tags,
+                and_(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest),
+            )
+            .where(tags.c.repository_id == repository_id, tags.c.name == tag)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _manifest_record(row)
+
+    def put_manifest(
+        self,
+        repository_id: int,
+        record: ManifestRecord,
+        references: Iterable[ManifestReference],
+        tag_names: Iterable[str],
+    ) -> list[Digest]:
+        references = list(references)
+        with self._write() as connection:
+            missing = self._missing_references(connection, repository_id, references)
+            if missing:
+                return missing
+            connection.execute(self._insert_ignore(manifests).values(**_manifest_row(repository_id, record)))
+            if references:
+                connection.execute(
+                    self._insert_ignore(manifest_references),
+                    [
+                        {
+                            "repository_id": repository_id,
+                            "parent_digest": str(record.digest),
+                            "child_digest": str(ref.digest),
+                            "is_manifest": ref.is_manifest,
+                        }
+                        for ref in references
+                    ],
+                )
+            for name in tag_names:
+                self._set_tag(connection, repository_id, name, record)
+        return []
+
+    def _set_tag(self, connection: Connection, repository_id: int, name: str, record: ManifestRecord) -> None:
+        statement = self._insert(tags).values(
+            repository_id=repository_id, name=name, digest=str(record.digest), updated_at=record.pushed_at
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[tags.c.repository_id, tags.c.name],
+                set_={"digest": statement.excluded.digest, "updated_at": statement.excluded.updated_at},
+            )
+        )
+
+    def _missing_references(
+        self, connection: Connection, repository_id: int, references: Sequence[ManifestReference]
+    ) -> list[Digest]:
+        wanted_blobs = {str(r.digest) for r in references if not r.is_manifest}
+        wanted_manifests = {str(r.digest) for r in references if r.is_manifest}
+        found: set[str] = set()
+        if wanted_blobs:
+            found |= set(
+                connection.execute(
+                    select(repository_blobs.c.digest).where(
+                        repository_blobs.c.repository_id == repository_id,
+                        repository_blobs.c.digest.in_(wanted_blobs),
+                    )
+                ).scalars()
+            )
+        if wanted_manifests:
+            found |= set(
+                connection.execute(
+                    select(manifests.c.digest).where(
+                        manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted_manifests)
+                    )
+                ).scalars()
+            )
+        return sorted({Digest.parse(d) for d in (wanted_blobs | wanted_manifests) - found})
+
+    def delete_tag(self, repository_id: int, tag: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
+            )
+        return result.rowcount > 0
+
+    def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
+        with self._write() as connection:
+            connection.execute(
+                delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest))
+            )
+            connection.execute(
+                delete(manifest_references).where(
+                    manifest_references.c.repository_id == repository_id,
+                    manifest_references.c.parent_digest == str(digest),
+                )
+            )
+            result = connection.execute(
+                delete(manifests).where(
+                    manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
+                )
+            )
+        return result.rowcount > 0
+
+    def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
+        query = select(manifest_references.c.parent_digest).where(
+            manifest_references.c.repository_id == repository_id,
+            manifest_references.c.child_digest == str(digest),
+            manifest_references.c.is_manifest.is_(True),
+        )
+        with self._read() as connection:
+            return [Digest.parse(d) for d in connection.execute(query).scalars()]
+
+    def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]:
+        query = (
+            select(tags.c.name)
+            .where(tags.c.repository_id == repository_id)
+            .order_by(tags.c.name)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tags.c.name > after)
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def list_referrers(
+        self, repository_id: int, subject: Digest, artifact_type: str | None
+    ) -> list[ManifestRecord]:
+        query = (
+            select(manifests)
+            .where(manifests.c.repository_id == repository_id, manifests.c.subject_digest == str(subject))
+            .order_by(manifests.c.pushed_at, manifests.c.digest)
+        )
+        if artifact_type is not None:
+            query = query.where(manifests.c.artifact_type == artifact_type)
+        with self._read() as connection:
+            return [_manifest_record(row) for row in connection.execute(query)]
+
+    # ------------------------------------------------------------------------------------ credentials
+
+    def get_credential(self, access_key_id: str) -> Credential | None:
+        with self._read() as connection:
+            row = connection.execute(
+                select(credentials).where(credentials.c.access_key_id == access_key_id)
+            ).first()
+        if row is None:
+            return None
+        return Credential(row.access_key_id, row.sealed_secret, row.account_id, row.user_name)
+
+    def ensure_account(self, account_id: str, now: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(self._insert_ignore(accounts).values(id=account_id, created_at=now))
+
+    def add_credential(self, credential: Credential, now: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(
+                credentials.insert().values(
+                    access_key_id=credential.access_key_id,
+                    account_id=credential.account_id,
+                    user_name=credential.user_name,
+                    sealed_secret=credential.sealed_secret,
+                    created_at=now,
+                )
+            )
+
+    def root_credential_ids(self, account_id: str) -> list[str]:
+        query = select(credentials.c.access_key_id).where(
+            credentials.c.account_id == account_id, credentials.c.user_name.is_(None)
+        )
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+
+def _manifest_row(repository_id: int, record: ManifestRecord) -> dict[str, Any]:
+    return {
+        "repository_id": repository_id,
+        "digest": str(record.digest),
+        "media_type": record.media_type,
+        "size": record.size,
+        "artifact_type": record.artifact_type,
+        "subject_digest": str(record.subject) if record.subject else None,
+        "annotations": json.dumps(record.annotations) if record.annotations else None,
+        "pushed_at": record.pushed_at,
+    }
+
+
+def _manifest_record(row: Any) -> ManifestRecord:
+    return ManifestRecord(
+        digest=Digest.parse(row.digest),
+        media_type=row.media_type,
+        size=row.size,
+        artifact_type=row.artifact_type,
+        subject=Digest.parse(row.subject_digest) if row.subject_digest else None,
+        annotations=json.loads(row.annotations) if row.annotations else {},
+        pushed_at=row.pushed_at,
+    )
