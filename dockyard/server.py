@@ -14,6 +14,7 @@ from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.iam import Authenticator, Authorizer
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
@@ -90,6 +91,8 @@ class Dockyard:
         response: Response
         if path == "/healthz":
             response = JSONResponse({"status": "ok"})
+        elif path == "/metrics":
+            response = metrics_response()
         else:
             response = JSONResponse({"message": "not found"}, status_code=404)
         await response(scope, receive, send)

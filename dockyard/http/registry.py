@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,6 +35,7 @@ from dockyard.domain.manifests import MAX_MANIFEST_BYTES
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
 from dockyard.http.auth import principal_of
 from dockyard.http.errors import oci_error_response, unexpected_error_response
+from dockyard.http.metrics import LATENCY, REQUESTS
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 # Bytes handed to a worker thread at a time: large enough that thread hand-offs cost nothing,
@@ -104,21 +106,28 @@ class RegistryDoor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         head = request.method == "HEAD"
+        started = time.perf_counter()
+        route = ["unmatched"]
         try:
-            response = await self.dispatch(request)
+            response = await self.dispatch(request, route)
         except DockyardError as error:
             response = oci_error_response(error, head, self.challenge)
         except Exception as exc:
             response = unexpected_error_response(exc, head)
         response.headers.update(API_VERSION_HEADER)
+        LATENCY.labels("registry", route[0]).observe(time.perf_counter() - started)
+        REQUESTS.labels("registry", route[0], request.method, str(response.status_code)).inc()
         await response(scope, receive, send)
 
-    async def dispatch(self, request: Request) -> Response:
+    async def dispatch(self, request: Request, route: list[str]) -> Response:
+        """Route the request; `route` receives the handler's name for metrics."""
         path = request.url.path
         principal = principal_of(request, self.authenticator)
         if path in ("/v2", "/v2/"):
+            route[0] = "base"
             return self.base(principal)
         if path == "/v2/_catalog":
+            route[0] = "catalog"
             return self.catalog(request, principal)
         for pattern, handlers in self.routes:
             match = pattern.fullmatch(path)
@@ -127,6 +136,7 @@ class RegistryDoor:
             handler = handlers.get(request.method)
             if handler is None:
                 return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
+            route[0] = handler.__name__
             params = match.groupdict()
             ref = self.repository_ref(request, principal, check_repository_name(params.pop("name")))
             return await handler(Call(request, principal, ref, params))

@@ -1,0 +1,50 @@
+"""Shared fixtures: an in-process app for API tests, a real server process for end-to-end tests."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from dockyard.config import Settings
+from dockyard.domain.iam import bootstrap_root_credentials
+from dockyard.domain.images import utc_now
+from dockyard.server import Dockyard, Services, prepare
+from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Services:
+    settings = Settings(tmp_path / "data", ACCOUNT_ID)
+    services = prepare(settings)
+    bootstrap_root_credentials(
+        services.metadata, services.box, ACCOUNT_ID, utc_now(), (ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    )
+    return services
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[TestClient]:
+    """The whole ASGI app in process, authenticated as the default account's root user."""
+    token = base64.b64encode(f"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}".encode()).decode()
+    with TestClient(Dockyard(services), headers={"Authorization": f"Basic {token}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(services: Services) -> Iterator[TestClient]:
+    with TestClient(Dockyard(services)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real `dockyard serve` on a free loopback port."""
+    process = ServerProcess(tmp_path / "server-data").start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,111 @@
+"""Starts a real `dockyard serve` process for end-to-end tests and stops what it started."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ACCESS_KEY_ID = "AKIAE2ETESTROOT00001"
+SECRET_ACCESS_KEY = "e2e/Secret+Key/For/Dockyard/Tests/000001"
+ACCOUNT_ID = "123456789012"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def creds(self) -> str:
+        return f"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}"
+
+    @property
+    def auth_header(self) -> dict[str, str]:
+        token = base64.b64encode(self.creds.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.auth_header, timeout=60)
+
+    def start(self) -> ServerProcess:
+        env = dict(os.environ)
+        env.update({"DOCKYARD_ROOT_ACCESS_KEY_ID": ACCESS_KEY_ID, "DOCKYARD_ROOT_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY})
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        command = [
+            sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--default-account", ACCOUNT_ID, *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dockyard serve exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling for readiness, not dodging a race
+        raise RuntimeError(f"dockyard serve did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (Granian's main process and its workers)."""
+        if self.process is not None and self.process.poll() is None:
+            _kill_tree(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _kill_tree(pid: int, sig: signal.Signals) -> None:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    child_pids = children.read_text().split() if children.exists() else []
+    for child in child_pids:
+        _kill_tree(int(child), sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
