@@ -102,20 +102,20 @@ class _HeadClient(asyncio.Protocol):
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        # With one request in flight a read holds at most one header block; buffer only partial ones.
-        if self.buffer or not data.endswith(b"\r\n\r\n"):
-            self.buffer += data
-            if not self.buffer.endswith(b"\r\n\r\n"):
-                return
-            data, self.buffer = bytes(self.buffer), bytearray()
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        del self.buffer[: end + 4]
         now = time.perf_counter()
         self.pending = False
-        if data[9:10] == b"2":  # "HTTP/1.1 2xx"
+        if head[9:10] == b"2":  # "http/1.1 2xx"
             self.stats.ok += 1
             self.stats.histogram.record(now - self.sent_at)
         else:
             self.stats.errors += 1
-        if now >= self.deadline or b"\r\nconnection: close" in data.lower():
+        if now >= self.deadline or b"\r\nconnection: close" in head:
             assert self.transport is not None
             self.transport.close()
         else:
