@@ -167,10 +167,8 @@ async def _run(url: str, headers: dict[str, str], connections: int, duration: fl
     stats = _Stats()
     start = time.perf_counter()
     deadline = start + duration
-    tasks = [
-        asyncio.create_task(_connection_loop(host, port, request, stats, deadline))
-        for _ in range(connections)
-    ]
+    loop_args = (host, port, request, stats, deadline)
+    tasks = [asyncio.create_task(_connection_loop(*loop_args)) for _ in range(connections)]
     _, late = await asyncio.wait(tasks, timeout=duration + GRACE_S)
     for task in late:
         task.cancel()
@@ -181,7 +179,10 @@ async def _run(url: str, headers: dict[str, str], connections: int, duration: fl
 
 
 def run_head_load(
-    url: str, headers: dict[str, str], connections: int = 64, duration: float = 10.0
+    url: str,
+    headers: dict[str, str],
+    connections: int = 64,
+    duration: float = 10.0,
 ) -> LoadResult:
     """Drive HEAD requests at `url` from `connections` keep-alive connections for `duration` seconds."""
     return asyncio.run(_run(url, headers, connections, duration))
@@ -196,8 +197,7 @@ if __name__ == "__main__":
     parser.add_argument("-d", "--duration", type=float, default=10.0)
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     args = parser.parse_args()
-    hdrs = dict(h.split(":", 1) for h in args.header)
-    res = run_head_load(
-        args.url, {k.strip(): v.strip() for k, v in hdrs.items()}, args.connections, args.duration
-    )
+    pairs = (h.split(":", 1) for h in args.header)
+    hdrs = {name.strip(): value.strip() for name, value in pairs}
+    res = run_head_load(args.url, hdrs, args.connections, args.duration)
     print(f"{res.rps:.0f} req/s  p50 {res.p50_ms:.2f} ms  p99 {res.p99_ms:.2f} ms  errors {res.errors}")

@@ -169,6 +169,17 @@ def wait_ready(server: Server, authorization: str, timeout: float = READY_TIMEOU
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f}s ({last}):\n{server.log_tail()}")
 
 
+def is_answering(server: Server, authorization: str) -> bool:
+    """Whether the server still answers HTTP at all (any status), e.g. after a failed measurement."""
+    if server.proc.poll() is not None:
+        return False
+    try:
+        httpx.get(f"{server.base_url}/v2/", headers={"Authorization": authorization}, timeout=5.0)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def running(name: str, workdir: Path, creds: Credentials) -> Iterator[Server]:
     """Start the named registry, wait for it, and stop it on exit whatever happened."""

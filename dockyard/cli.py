@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 
 from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
+from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
-from dockyard.domain.images import utc_now
 from dockyard.domain.names import check_account, check_region
 from dockyard.server import Services, prepare, write_private_file
 
@@ -47,9 +47,7 @@ def _region_option(value: str) -> str:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-    data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path(
-        "dockyard-data"
-    ),
+    data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path("dockyard-data"),
     default_account: Annotated[
         str | None,
         typer.Option(
@@ -134,9 +132,7 @@ def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
         console.print(f"  access key id:     {credentials.access_key_id}")
         console.print(f"  secret access key: {credentials.secret_access_key}")
     else:
-        console.print(
-            f"Root credentials: see {ROOT_KEY_ID_ENV} or {settings.data_dir / ROOT_CREDENTIALS_FILE}"
-        )
+        console.print(f"Root credentials: see {ROOT_KEY_ID_ENV} or {settings.data_dir / ROOT_CREDENTIALS_FILE}")
     host = settings.public_url.removeprefix("http://")
     console.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
 

@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard.config import MASTER_KEY_ENV, Settings
-from dockyard.domain.iam import Authenticator, Authorizer
+from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
@@ -29,7 +30,9 @@ class Services:
         self.engine = make_engine(settings.database)
         self.metadata = SqlMetadataStore(self.engine)
         self.blobs = FilesystemBlobStore(settings.blob_root)
-        self.box = SecretBox(load_master_key(settings.data_dir))
+        master_key = load_master_key(settings.data_dir)
+        self.box = SecretBox(master_key)
+        self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
         self.authenticator = Authenticator(self.metadata, self.box)
         self.authorizer = Authorizer()
@@ -72,6 +75,7 @@ class Dockyard:
         self.registry_door: ASGIApp = RegistryDoor(
             services.registry,
             services.authenticator,
+            services.login_tokens,
             services.authorizer,
             settings.default_account,
             settings.default_region,

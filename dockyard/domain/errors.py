@@ -26,10 +26,17 @@ class DockyardError(Exception):
 
     kind: ClassVar[ErrorKind]
 
-    def __init__(self, message: str | None = None, detail: Any = None, **headers: str) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        detail: Any = None,
+        items: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.message = message or self.kind.default_message
         self.detail = detail
-        self.headers = headers
+        self.items = items or []  # one error entry per item where the OCI API lists each (MANIFEST_BLOB_UNKNOWN)
+        self.headers = dict(headers or {})  # extra response headers, e.g. where an upload resumes
         super().__init__(self.message)
 
     @property
@@ -72,9 +79,7 @@ class RangeNotSatisfiable(DockyardError):
 
 
 class DigestInvalid(DockyardError):
-    kind = _kind(
-        "DIGEST_INVALID", 400, "InvalidLayerException", "provided digest did not match uploaded content"
-    )
+    kind = _kind("DIGEST_INVALID", 400, "InvalidLayerException", "provided digest did not match uploaded content")
 
 
 class DigestUnsupported(DockyardError):
@@ -109,9 +114,7 @@ class ManifestUnknown(DockyardError):
 class ManifestReferenced(DockyardError):
     """Deleting a manifest an index of the same repository still lists would break that index."""
 
-    kind = _kind(
-        "DENIED", 409, "ImageReferencedByManifestListException", "manifest is referenced by a manifest list"
-    )
+    kind = _kind("DENIED", 409, "ImageReferencedByManifestListException", "manifest is referenced by a manifest list")
 
 
 class NameInvalid(DockyardError):
@@ -127,9 +130,7 @@ class TagInvalid(DockyardError):
 
 
 class PaginationNumberInvalid(DockyardError):
-    kind = _kind(
-        "PAGINATION_NUMBER_INVALID", 400, "InvalidParameterException", "invalid number of results requested"
-    )
+    kind = _kind("PAGINATION_NUMBER_INVALID", 400, "InvalidParameterException", "invalid number of results requested")
 
 
 class Unauthorized(DockyardError):
@@ -150,3 +151,86 @@ class TooManyRequests(DockyardError):
 
 class Unavailable(DockyardError):
     kind = _kind("UNAVAILABLE", 503, "ServerException", "service unavailable")
+
+
+# ------------------------------------------------------------------------------------------- ECR API
+# Errors that the ECR door names; the OCI code is what the registry door answers when the same rule fires there.
+
+
+class InvalidParameter(DockyardError):
+    kind = _kind("UNSUPPORTED", 400, "InvalidParameterException", "invalid parameter")
+
+
+class Validation(DockyardError):
+    kind = _kind("UNSUPPORTED", 400, "ValidationException", "the request failed validation")
+
+
+class RepositoryAlreadyExists(DockyardError):
+    kind = _kind("DENIED", 400, "RepositoryAlreadyExistsException", "the repository already exists")
+
+
+class RepositoryNotEmpty(DockyardError):
+    kind = _kind("DENIED", 400, "RepositoryNotEmptyException", "the repository contains images")
+
+
+class ImageNotFound(DockyardError):
+    kind = _kind("MANIFEST_UNKNOWN", 404, "ImageNotFoundException", "the image does not exist")
+
+
+class ImageAlreadyExists(DockyardError):
+    kind = _kind("TAG_INVALID", 400, "ImageAlreadyExistsException", "the image already exists")
+
+
+class ImageTagAlreadyExists(DockyardError):
+    """An immutable tag would be moved or re-pushed; ECR answers `TAG_INVALID` on the registry door."""
+
+    kind = _kind("TAG_INVALID", 400, "ImageTagAlreadyExistsException", "the image tag already exists")
+
+
+class ImageDigestDoesNotMatch(DockyardError):
+    kind = _kind("DIGEST_INVALID", 400, "ImageDigestDoesNotMatchException", "the image digest does not match")
+
+
+class ReferencedImagesNotFound(DockyardError):
+    kind = _kind(
+        "MANIFEST_BLOB_UNKNOWN",
+        400,
+        "ReferencedImagesNotFoundException",
+        "manifest references unknown images",
+    )
+
+
+class InvalidLayerPart(DockyardError):
+    kind = _kind("BLOB_UPLOAD_INVALID", 400, "InvalidLayerPartException", "the layer part is not valid")
+
+
+class LayerAlreadyExists(DockyardError):
+    kind = _kind("BLOB_UPLOAD_INVALID", 400, "LayerAlreadyExistsException", "the layer already exists")
+
+
+class EmptyUpload(DockyardError):
+    kind = _kind("BLOB_UPLOAD_INVALID", 400, "EmptyUploadException", "the upload contains no data")
+
+
+class LayerPartTooSmall(DockyardError):
+    kind = _kind("BLOB_UPLOAD_INVALID", 400, "LayerPartTooSmallException", "layer parts must be at least 5 MiB")
+
+
+class LayerInaccessible(DockyardError):
+    kind = _kind("BLOB_UNKNOWN", 404, "LayerInaccessibleException", "the layer is not referenced by an image")
+
+
+class InvalidTagParameter(DockyardError):
+    kind = _kind("UNSUPPORTED", 400, "InvalidTagParameterException", "invalid tag parameter")
+
+
+class TooManyTags(DockyardError):
+    kind = _kind("UNSUPPORTED", 400, "TooManyTagsException", "too many tags")
+
+
+class LimitExceeded(DockyardError):
+    kind = _kind("DENIED", 403, "LimitExceededException", "a service quota was exceeded")
+
+
+class LayersNotFound(DockyardError):
+    kind = _kind("BLOB_UNKNOWN", 404, "LayersNotFoundException", "the layer does not exist in the repository")

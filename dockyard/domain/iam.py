@@ -10,13 +10,14 @@ import hmac
 import secrets
 import string
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from dockyard.domain.errors import Denied, Unauthorized
 from dockyard.domain.keys import SecretBox
 from dockyard.domain.names import RepositoryRef, check_account
 from dockyard.domain.ports import Credential, CredentialStore
+from dockyard.domain.tokens import TokenSigner
 
 _KEY_ID_ALPHABET: Final = string.ascii_uppercase + string.digits
 _SECRET_ALPHABET: Final = string.ascii_letters + string.digits + "+/"
@@ -67,6 +68,45 @@ class Authenticator:
             return None
         principal = Principal(credential.account_id, credential.user_name, credential.access_key_id)
         return principal, self._box.open(credential.sealed_secret)
+
+
+LOGIN_TOKEN_LIFETIME: Final = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class LoginToken:
+    """What `GetAuthorizationToken` hands out: the password for user `AWS`, and when it stops working."""
+
+    password: str
+    expires_at: datetime
+    registry_account: str
+
+
+class LoginTokens:
+    """ECR authorization tokens: bound to the calling access key and to the registry they name.
+
+    Verified statelessly (any node with the master key), and revoked with the access key they came from.
+    """
+
+    def __init__(self, signer: TokenSigner, credentials: CredentialStore) -> None:
+        self._signer = signer
+        self._credentials = credentials
+
+    def issue(self, principal: Principal, registry_account: str, now: datetime) -> LoginToken:
+        if principal.access_key_id is None:
+            raise Unauthorized("only a principal with an access key can get an authorization token")
+        expires_at = now + LOGIN_TOKEN_LIFETIME
+        password = self._signer.issue({"k": principal.access_key_id, "r": registry_account}, expires_at)
+        return LoginToken(password, expires_at, registry_account)
+
+    def verify(self, password: str, now: datetime) -> tuple[Principal, str]:
+        """The principal a token was issued to and the registry account it is for."""
+        claims = self._signer.verify(password, now)
+        credential = self._credentials.get_credential(str(claims.get("k"))) if claims else None
+        if claims is None or credential is None:
+            raise Unauthorized("the authorization token is invalid or has expired")
+        principal = Principal(credential.account_id, credential.user_name, credential.access_key_id)
+        return principal, str(claims["r"])
 
 
 class Authorizer:

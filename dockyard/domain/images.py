@@ -12,9 +12,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
+from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -25,6 +26,7 @@ from dockyard.domain.errors import (
     NameUnknown,
     PaginationNumberInvalid,
     RangeInvalid,
+    ReferencedImagesNotFound,
     SizeInvalid,
 )
 from dockyard.domain.manifests import OCI_INDEX, ParsedManifest, parse_manifest
@@ -38,15 +40,12 @@ from dockyard.domain.ports import (
     UploadSession,
     UploadWriter,
 )
+from dockyard.domain.repositories import immutability_guard
 
-Clock = Callable[[], datetime]
 MAX_PAGE: Final = 1000
+PULL_RECORD_INTERVAL: Final = timedelta(hours=1)
 # Layers that live elsewhere by design (Windows foreign layers): never uploaded, so never required.
 _NON_DISTRIBUTABLE_MARKERS: Final = ("foreign", "nondistributable")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def page_size(requested: str | None) -> int:
     """`n` of tag and catalog listings: a non-negative integer, clamped to MAX_PAGE."""
     if requested is None or requested == "":
         return MAX_PAGE
-    if not requested.isdigit():
+    if not (requested.isascii() and requested.isdigit()):
         raise PaginationNumberInvalid(f"n must be a non-negative integer, not {requested!r}")
     return min(int(requested), MAX_PAGE)
 
@@ -161,7 +160,7 @@ class Registry:
             return repository
         if not self.create_on_push:
             raise NameUnknown(f"repository {ref.name!r} not known to registry", detail={"name": ref.name})
-        return self.metadata.create_repository(ref, self.clock())
+        return self.metadata.create_repository(ref, self.clock())[0]
 
     def catalog(self, account_id: str, region: str, after: str | None, limit: int) -> Page:
         names = self.metadata.list_repository_names(account_id, region, after, limit + 1)
@@ -226,9 +225,7 @@ class Registry:
             hasher = self._rehash(upload_id, digest.algorithm)
         if hasher.hexdigest() != digest.hex:
             self.cancel_upload(ref, upload_id)
-            raise DigestInvalid(
-                f"uploaded content does not match digest {digest}", detail={"digest": str(digest)}
-            )
+            raise DigestInvalid(f"uploaded content does not match digest {digest}", detail={"digest": str(digest)})
         self.blobs.commit_upload(upload_id, digest)
         self.metadata.link_blob(session.repository_id, digest, size, self.clock())
         self.metadata.delete_upload(upload_id)
@@ -259,9 +256,8 @@ class Registry:
 
     # ----------------------------------------------------------------------------------- manifests
 
-    def put_manifest(
-        self, ref: RepositoryRef, reference: str, raw: bytes, content_type: str | None
-    ) -> PushedManifest:
+    def put_manifest(self, ref: RepositoryRef, reference: str, raw: bytes, content_type: str | None) -> PushedManifest:
+        """The registry door's manifest PUT: by tag or by digest; re-pushing identical bytes is a no-op."""
         by_digest = is_digest_reference(reference)
         expected = Digest.parse(reference) if by_digest else None
         tags = [] if by_digest else [check_tag(reference)]
@@ -270,16 +266,19 @@ class Registry:
             raise DigestInvalid(
                 f"manifest digest {manifest.digest} does not match {expected}", detail={"digest": reference}
             )
-        repository = self.repository_for_push(ref)
+        return self.store_manifest(self.repository_for_push(ref), manifest, raw, tags)
+
+    def store_manifest(
+        self, repository: Repository, manifest: ParsedManifest, raw: bytes, tags: list[str]
+    ) -> PushedManifest:
+        """Store a parsed manifest under `tags`, atomically, refusing immutable tag moves and missing content."""
+        record = self._record(repository, manifest)
         self.blobs.put_blob(manifest.digest, raw)
         missing = self.metadata.put_manifest(
-            repository.id, self._record(manifest), _references(manifest), tags
+            repository.id, record, _references(manifest), tags, immutability_guard(repository)
         )
         if missing:
-            raise ManifestBlobUnknown(
-                "manifest references content unknown to the repository: " + ", ".join(map(str, missing)),
-                detail=[{"digest": str(d)} for d in missing],
-            )
+            _raise_missing(manifest, missing)
         subject = manifest.subject.digest if manifest.subject else None
         return PushedManifest(manifest.digest, subject)
 
@@ -292,6 +291,18 @@ class Registry:
         if record is None:
             raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
         return record
+
+    @staticmethod
+    def pull_needs_recording(last: datetime | None, now: datetime) -> bool:
+        """lastRecordedPullTime is refreshed at most hourly per image, so pulls stay (nearly) read-only and
+        cheap; ECR itself refreshes it only daily."""
+        return last is None or now - last >= PULL_RECORD_INTERVAL
+
+    def note_pull(self, ref: RepositoryRef, digest: Digest, last: datetime | None, now: datetime) -> None:
+        if self.pull_needs_recording(last, now):
+            repository = self.metadata.get_repository(ref)
+            if repository is not None:
+                self.metadata.record_pull(repository.id, digest, now)
 
     def manifest_content(self, record: ManifestRecord) -> bytes:
         return b"".join(self.blobs.read_blob(record.digest))
@@ -319,16 +330,14 @@ class Registry:
     def referrers(self, ref: RepositoryRef, subject: Digest, artifact_type: str | None) -> dict[str, Any]:
         """The referrers index of `subject`: 200 with an empty list even when nothing refers to it."""
         repository = self.metadata.get_repository(ref)
-        records = (
-            [] if repository is None else self.metadata.list_referrers(repository.id, subject, artifact_type)
-        )
+        records = [] if repository is None else self.metadata.list_referrers(repository.id, subject, artifact_type)
         return {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
             "manifests": [_referrer_entry(record) for record in records],
         }
 
-    def _record(self, manifest: ParsedManifest) -> ManifestRecord:
+    def _record(self, repository: Repository, manifest: ParsedManifest) -> ManifestRecord:
         return ManifestRecord(
             digest=manifest.digest,
             media_type=manifest.media_type,
@@ -337,7 +346,30 @@ class Registry:
             subject=manifest.subject.digest if manifest.subject else None,
             annotations=manifest.annotations,
             pushed_at=self.clock(),
+            image_size=self._image_size(repository, manifest),
+            config_media_type=manifest.config_media_type,
         )
+
+    def _image_size(self, repository: Repository, manifest: ParsedManifest) -> int:
+        """ECR's imageSizeInBytes: the layers of an image; for an index, its largest image."""
+        if not manifest.is_index:
+            return sum(layer.size for layer in manifest.blobs[1:])
+        children = [self.metadata.get_manifest(repository.id, child.digest) for child in manifest.children]
+        return max((child.image_size for child in children if child is not None), default=0)
+
+
+def _raise_missing(manifest: ParsedManifest, missing: list[Digest]) -> None:
+    children = {child.digest for child in manifest.children}
+    missing_children = [d for d in missing if d in children]
+    if missing_children:
+        raise ReferencedImagesNotFound(
+            "manifest references images unknown to the repository: " + ", ".join(map(str, missing_children)),
+            items=[{"digest": str(d)} for d in missing_children],
+        )
+    raise ManifestBlobUnknown(
+        "manifest references blobs unknown to the repository: " + ", ".join(map(str, missing)),
+        items=[{"digest": str(d)} for d in missing],
+    )
 
 
 def _references(manifest: ParsedManifest) -> list[ManifestReference]:

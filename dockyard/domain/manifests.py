@@ -80,9 +80,7 @@ def parse_manifest(raw: bytes, content_type: str | None, digest_algorithm: str =
     artifact_type = _optional_string(document, "artifactType")
     if media_type in INDEX_TYPES:
         children = tuple(_descriptor(item, "manifests[]") for item in _list(document, "manifests"))
-        return ParsedManifest(
-            media_type, digest, len(raw), (), children, subject, artifact_type, None, annotations
-        )
+        return ParsedManifest(media_type, digest, len(raw), (), children, subject, artifact_type, None, annotations)
     config = _descriptor(document.get("config"), "config")
     layers = tuple(_descriptor(item, "layers[]") for item in _list(document, "layers"))
     return ParsedManifest(
@@ -103,6 +101,8 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
         document = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
     return document
@@ -117,9 +117,7 @@ def _resolve_media_type(document: dict[str, Any], content_type: str) -> str:
         raise ManifestInvalid(f"mediaType {declared!r} does not match Content-Type {header!r}")
     media_type = declared or header or _sniff(document)
     if media_type in DOCKER_SCHEMA1:
-        raise ManifestInvalid(
-            "Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI"
-        )
+        raise ManifestInvalid("Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI")
     if media_type not in MANIFEST_TYPES:
         raise ManifestInvalid(f"unsupported manifest media type {media_type!r}")
     if media_type in _SELF_NAMING_TYPES and not declared:

@@ -45,9 +45,7 @@ class Digest:
         algorithm, encoded = match.groups()
         expected_length = _HEX_LENGTH.get(algorithm)
         if expected_length is None:
-            raise DigestUnsupported(
-                f"digest algorithm {algorithm!r} is not supported", detail={"digest": text}
-            )
+            raise DigestUnsupported(f"digest algorithm {algorithm!r} is not supported", detail={"digest": text})
         if len(encoded) != expected_length or not _LOWER_HEX_RE.fullmatch(encoded):
             raise DigestInvalid(f"invalid {algorithm} digest {text!r}", detail={"digest": text})
         return cls(algorithm, encoded)

@@ -6,8 +6,8 @@ queries. Each protocol is small on purpose; one storage class may implement seve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -17,10 +17,22 @@ from dockyard.domain.names import Digest, RepositoryRef
 
 
 @dataclass(frozen=True)
+class RepositorySettings:
+    """What a repository's owner configures (ECR's CreateRepository members)."""
+
+    tag_mutability: str = "MUTABLE"
+    mutability_exclusions: tuple[str, ...] = ()
+    scan_on_push: bool = False
+    encryption_type: str = "AES256"
+    kms_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Repository:
     id: int
     ref: RepositoryRef
     created_at: datetime
+    settings: RepositorySettings = field(default_factory=RepositorySettings)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,17 @@ class ManifestRecord:
     subject: Digest | None
     annotations: dict[str, str]
     pushed_at: datetime
+    image_size: int = 0
+    config_media_type: str | None = None
+    last_pulled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image (manifest) with every tag on it, as DescribeImages lists it."""
+
+    manifest: ManifestRecord
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -112,13 +135,27 @@ class BlobStore(Protocol):
 class RepositoryStore(Protocol):
     def get_repository(self, ref: RepositoryRef) -> Repository | None: ...
 
-    def create_repository(self, ref: RepositoryRef, now: datetime) -> Repository:
-        """Create the repository, or return it when a concurrent caller created it first."""
+    def create_repository(
+        self, ref: RepositoryRef, now: datetime, settings: RepositorySettings | None = None
+    ) -> tuple[Repository, bool]:
+        """Create the repository; returns it and whether this call created it (False: it existed)."""
         ...
 
-    def list_repository_names(
-        self, account_id: str, region: str, after: str | None, limit: int
-    ) -> list[str]: ...
+    def list_repositories(self, account_id: str, region: str, after: str | None, limit: int) -> list[Repository]: ...
+
+    def list_repository_names(self, account_id: str, region: str, after: str | None, limit: int) -> list[str]: ...
+
+    def update_settings(self, repository_id: int, settings: RepositorySettings) -> None: ...
+
+    def delete_repository(self, repository_id: int) -> None:
+        """Delete the repository with its tags, manifests, blob links and uploads."""
+        ...
+
+    def count_manifests(self, repository_id: int) -> int: ...
+
+    def get_resource_tags(self, repository_id: int) -> dict[str, str]: ...
+
+    def set_resource_tags(self, repository_id: int, new_tags: dict[str, str], removed: Iterable[str]) -> None: ...
 
 
 class BlobLinkStore(Protocol):
@@ -137,6 +174,12 @@ class UploadStore(Protocol):
     def delete_upload(self, upload_id: str) -> None: ...
 
 
+TagGuard = Callable[[str, "Digest | None"], None]
+"""Called inside the manifest transaction with a tag and the digest it points at now (None: new tag).
+
+It raises to refuse the move (tag immutability); nothing is written then."""
+
+
 class ManifestStore(Protocol):
     def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None: ...
 
@@ -147,7 +190,8 @@ class ManifestStore(Protocol):
         repository_id: int,
         record: ManifestRecord,
         references: Iterable[ManifestReference],
-        tags: Iterable[str],
+        tag_names: Iterable[str],
+        guard: TagGuard | None = None,
     ) -> list[Digest]:
         """Store the manifest, its references and tags in one transaction.
 
@@ -166,6 +210,16 @@ class ManifestStore(Protocol):
         ...
 
     def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]: ...
+
+    def list_images(self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
+        """Images ordered by digest after `after`; `tagged` True/False filters, None lists all."""
+        ...
+
+    def get_images(self, repository_id: int, digests: Iterable[Digest]) -> list[ImageRow]: ...
+
+    def tags_of(self, repository_id: int, digest: Digest) -> list[str]: ...
+
+    def record_pull(self, repository_id: int, digest: Digest, now: datetime) -> None: ...
 
     def list_referrers(
         self, repository_id: int, subject: Digest, artifact_type: str | None

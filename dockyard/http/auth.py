@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from datetime import datetime
 
 from starlette.requests import Request
 
 from dockyard.domain.errors import Unauthorized
-from dockyard.domain.iam import Authenticator, Principal
+from dockyard.domain.iam import Authenticator, LoginTokens, Principal
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -26,9 +28,21 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def principal_of(request: Request, authenticator: Authenticator) -> Principal | None:
-    """The caller, or None when the request carries no credentials at all (anonymous)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who calls the registry door: None for anonymous; an ECR token also names the registry it is for."""
+
+    principal: Principal | None
+    registry_account: str | None = None
+
+
+def registry_caller(request: Request, authenticator: Authenticator, tokens: LoginTokens, now: datetime) -> Caller:
+    """HTTP Basic with either user `AWS` and a GetAuthorizationToken password, or an access key id and secret."""
     credentials = basic_credentials(request.headers.get("authorization"))
     if credentials is None:
-        return None
-    return authenticator.from_access_key(*credentials)
+        return Caller(None)
+    user, password = credentials
+    if user == "AWS":
+        principal, registry_account = tokens.verify(password, now)
+        return Caller(principal, registry_account)
+    return Caller(authenticator.from_access_key(user, password))

@@ -14,10 +14,14 @@ log = logging.getLogger("dockyard.http")
 
 
 def oci_error_response(error: DockyardError, head: bool, challenge: str | None) -> Response:
-    entry: dict[str, Any] = {"code": error.oci_code, "message": error.message}
-    if error.detail is not None:
-        entry["detail"] = error.detail
-    body = b"" if head else json.dumps({"errors": [entry]}).encode()
+    entries: list[dict[str, Any]]
+    if error.items:
+        entries = [{"code": error.oci_code, "message": error.kind.default_message, "detail": i} for i in error.items]
+    else:
+        entries = [{"code": error.oci_code, "message": error.message}]
+        if error.detail is not None:
+            entries[0]["detail"] = error.detail
+    body = b"" if head else json.dumps({"errors": entries}).encode()
     headers = dict(error.headers)
     if isinstance(error, Unauthorized) and challenge:
         headers["WWW-Authenticate"] = challenge

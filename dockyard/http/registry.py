@@ -29,11 +29,11 @@ from dockyard.domain.errors import (
     RangeNotSatisfiable,
     Unauthorized,
 )
-from dockyard.domain.iam import Authenticator, Authorizer, Principal
+from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
 from dockyard.domain.images import BlobAppender, Registry, page_size
 from dockyard.domain.manifests import MAX_MANIFEST_BYTES
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
-from dockyard.http.auth import principal_of
+from dockyard.http.auth import Caller, registry_caller
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.metrics import LATENCY, REQUESTS
 
@@ -64,6 +64,7 @@ class RegistryDoor:
         self,
         registry: Registry,
         authenticator: Authenticator,
+        login_tokens: LoginTokens,
         authorizer: Authorizer,
         default_account: str,
         default_region: str,
@@ -71,6 +72,7 @@ class RegistryDoor:
     ) -> None:
         self.registry = registry
         self.authenticator = authenticator
+        self.login_tokens = login_tokens
         self.authorizer = authorizer
         self.default_account = default_account
         self.default_region = default_region
@@ -122,13 +124,14 @@ class RegistryDoor:
     async def dispatch(self, request: Request, route: list[str]) -> Response:
         """Route the request; `route` receives the handler's name for metrics."""
         path = request.url.path
-        principal = principal_of(request, self.authenticator)
+        caller = registry_caller(request, self.authenticator, self.login_tokens, self.registry.clock())
+        principal = caller.principal
         if path in ("/v2", "/v2/"):
             route[0] = "base"
             return self.base(principal)
         if path == "/v2/_catalog":
             route[0] = "catalog"
-            return self.catalog(request, principal)
+            return self.catalog(request, caller)
         for pattern, handlers in self.routes:
             match = pattern.fullmatch(path)
             if match is None:
@@ -138,16 +141,19 @@ class RegistryDoor:
                 return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
             route[0] = handler.__name__
             params = match.groupdict()
-            ref = self.repository_ref(request, principal, check_repository_name(params.pop("name")))
+            ref = self.repository_ref(request, caller, check_repository_name(params.pop("name")))
             return await handler(Call(request, principal, ref, params))
         raise NameUnknown(f"no registry route for {path!r}")
 
-    def repository_ref(self, request: Request, principal: Principal | None, name: str) -> RepositoryRef:
-        """Account and region come from the host name when it names them, else from the caller."""
+    def repository_ref(self, request: Request, caller: Caller, name: str) -> RepositoryRef:
+        """Account and region come from the host name when it names them, else from the caller's token or
+        credentials, else the server's defaults."""
         from_host = registry_from_host(request.headers.get("host", ""))
         if from_host is not None:
             return RepositoryRef(from_host[0], from_host[1], name)
-        account = principal.account_id if principal else self.default_account
+        if caller.registry_account is not None:
+            return RepositoryRef(caller.registry_account, self.default_region, name)
+        account = caller.principal.account_id if caller.principal else self.default_account
         return RepositoryRef(account, self.default_region, name)
 
     def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None) -> None:
@@ -160,9 +166,9 @@ class RegistryDoor:
             raise Unauthorized("authentication required")
         return _json({})
 
-    def catalog(self, request: Request, principal: Principal | None) -> Response:
-        ref = self.repository_ref(request, principal, "catalog")
-        self.authorizer.authorize_account(principal, "ecr:DescribeRepositories", ref.account_id)
+    def catalog(self, request: Request, caller: Caller) -> Response:
+        ref = self.repository_ref(request, caller, "catalog")
+        self.authorizer.authorize_account(caller.principal, "ecr:DescribeRepositories", ref.account_id)
         limit = page_size(request.query_params.get("n"))
         after = request.query_params.get("last") or None
         page = self.registry.catalog(ref.account_id, ref.region, after, limit)
@@ -303,6 +309,9 @@ class RegistryDoor:
             headers["Content-Length"] = str(record.size)
             return Response(status_code=200, headers=headers, media_type=record.media_type)
         content = await run_in_threadpool(self.registry.manifest_content, record)
+        now = self.registry.clock()
+        if self.registry.pull_needs_recording(record.last_pulled_at, now):
+            await run_in_threadpool(self.registry.note_pull, call.ref, record.digest, record.last_pulled_at, now)
         return Response(content, status_code=200, headers=headers, media_type=record.media_type)
 
     async def put_manifest(self, call: Call) -> Response:
@@ -403,7 +412,7 @@ def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise BlobUploadInvalid(f"malformed Content-Length {value!r}")
     return int(value)
 
@@ -459,7 +468,7 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
     if start >= size or end < start:
         raise RangeNotSatisfiable(
-            f"range {header!r} is outside the blob of {size} bytes", **{"Content-Range": f"bytes */{size}"}
+            f"range {header!r} is outside the blob of {size} bytes", headers={"Content-Range": f"bytes */{size}"}
         )
     return start, end
 

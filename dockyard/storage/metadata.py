@@ -45,7 +45,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
+    func,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -53,9 +56,12 @@ from sqlalchemy.sql.dml import Insert
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import (
     Credential,
+    ImageRow,
     ManifestRecord,
     ManifestReference,
     Repository,
+    RepositorySettings,
+    TagGuard,
     UploadSession,
 )
 
@@ -106,7 +112,20 @@ repositories = Table(
     Column("region", String(32), nullable=False),
     Column("name", String(256), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("tag_mutability", String(32), nullable=False, server_default="MUTABLE"),
+    Column("mutability_exclusions", Text, nullable=True),
+    Column("scan_on_push", Boolean, nullable=False, server_default=false()),
+    Column("encryption_type", String(16), nullable=False, server_default="AES256"),
+    Column("kms_key", String(2048), nullable=True),
     UniqueConstraint("account_id", "region", "name", name="uq_repositories_account_region_name"),
+)
+
+repository_tags = Table(
+    "repository_tags",
+    metadata_obj,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
 )
 
 blobs = Table(
@@ -137,6 +156,9 @@ manifests = Table(
     Column("subject_digest", DIGEST, nullable=True),
     Column("annotations", Text, nullable=True),
     Column("pushed_at", UTCDateTime(), nullable=False),
+    Column("image_size", BigInteger, nullable=False, server_default="0"),
+    Column("config_media_type", String(255), nullable=True),
+    Column("last_pulled_at", UTCDateTime(), nullable=True),
     Index("ix_manifests_subject", "repository_id", "subject_digest"),
 )
 
@@ -242,28 +264,34 @@ class SqlMetadataStore:
     def get_repository(self, ref: RepositoryRef) -> Repository | None:
         with self._read() as connection:
             row = connection.execute(
-                select(repositories.c.id, repositories.c.created_at).where(
+                select(repositories).where(
                     repositories.c.account_id == ref.account_id,
                     repositories.c.region == ref.region,
                     repositories.c.name == ref.name,
                 )
             ).first()
-        return None if row is None else Repository(row.id, ref, row.created_at)
+        return None if row is None else _repository(row)
 
-    def create_repository(self, ref: RepositoryRef, now: datetime) -> Repository:
+    def create_repository(
+        self, ref: RepositoryRef, now: datetime, settings: RepositorySettings | None = None
+    ) -> tuple[Repository, bool]:
         with self._write() as connection:
-            connection.execute(
+            result = connection.execute(
                 self._insert_ignore(repositories).values(
-                    account_id=ref.account_id, region=ref.region, name=ref.name, created_at=now
+                    account_id=ref.account_id,
+                    region=ref.region,
+                    name=ref.name,
+                    created_at=now,
+                    **_settings_row(settings or RepositorySettings()),
                 )
             )
         created = self.get_repository(ref)
         assert created is not None, "a repository row vanished right after its insert"
-        return created
+        return created, result.rowcount > 0
 
-    def list_repository_names(self, account_id: str, region: str, after: str | None, limit: int) -> list[str]:
+    def list_repositories(self, account_id: str, region: str, after: str | None, limit: int) -> list[Repository]:
         query = (
-            select(repositories.c.name)
+            select(repositories)
             .where(repositories.c.account_id == account_id, repositories.c.region == region)
             .order_by(repositories.c.name)
             .limit(limit)
@@ -271,7 +299,52 @@ class SqlMetadataStore:
         if after is not None:
             query = query.where(repositories.c.name > after)
         with self._read() as connection:
-            return list(connection.execute(query).scalars())
+            return [_repository(row) for row in connection.execute(query)]
+
+    def list_repository_names(self, account_id: str, region: str, after: str | None, limit: int) -> list[str]:
+        return [repository.ref.name for repository in self.list_repositories(account_id, region, after, limit)]
+
+    def update_settings(self, repository_id: int, settings: RepositorySettings) -> None:
+        with self._write() as connection:
+            connection.execute(
+                update(repositories).where(repositories.c.id == repository_id).values(**_settings_row(settings))
+            )
+
+    def delete_repository(self, repository_id: int) -> None:
+        with self._write() as connection:
+            for table in (tags, manifest_references, manifests, repository_blobs, uploads, repository_tags):
+                connection.execute(delete(table).where(table.c.repository_id == repository_id))
+            connection.execute(delete(repositories).where(repositories.c.id == repository_id))
+
+    def count_manifests(self, repository_id: int) -> int:
+        query = select(func.count()).select_from(manifests).where(manifests.c.repository_id == repository_id)
+        with self._read() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def get_resource_tags(self, repository_id: int) -> dict[str, str]:
+        query = select(repository_tags.c.key, repository_tags.c.value).where(
+            repository_tags.c.repository_id == repository_id
+        )
+        with self._read() as connection:
+            return {row.key: row.value for row in connection.execute(query)}
+
+    def set_resource_tags(self, repository_id: int, new_tags: dict[str, str], removed: Iterable[str]) -> None:
+        with self._write() as connection:
+            removed = list(removed)
+            if removed:
+                connection.execute(
+                    delete(repository_tags).where(
+                        repository_tags.c.repository_id == repository_id, repository_tags.c.key.in_(removed)
+                    )
+                )
+            for key, value in new_tags.items():
+                statement = self._insert(repository_tags).values(repository_id=repository_id, key=key, value=value)
+                connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[repository_tags.c.repository_id, repository_tags.c.key],
+                        set_={"value": statement.excluded.value},
+                    )
+                )
 
     # ------------------------------------------------------------------------------------ blobs
 
@@ -287,9 +360,7 @@ class SqlMetadataStore:
 
     def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
         with self._write() as connection:
-            connection.execute(
-                self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now)
-            )
+            connection.execute(self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now))
             connection.execute(
                 self._insert_ignore(repository_blobs).values(
                     repository_id=repository_id, digest=str(digest), linked_at=now
@@ -328,9 +399,7 @@ class SqlMetadataStore:
     # ------------------------------------------------------------------------------------ manifests
 
     def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
-        query = select(manifests).where(
-            manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
-        )
+        query = select(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
         with self._read() as connection:
             row = connection.execute(query).first()
         return None if row is None else _manifest_record(row)
@@ -354,12 +423,17 @@ class SqlMetadataStore:
         record: ManifestRecord,
         references: Iterable[ManifestReference],
         tag_names: Iterable[str],
+        guard: TagGuard | None = None,
     ) -> list[Digest]:
         references = list(references)
+        tag_names = list(tag_names)
         with self._write() as connection:
             missing = self._missing_references(connection, repository_id, references)
             if missing:
                 return missing
+            if guard is not None:
+                for name in tag_names:
+                    guard(name, self._tag_target(connection, repository_id, name))
             connection.execute(self._insert_ignore(manifests).values(**_manifest_row(repository_id, record)))
             if references:
                 connection.execute(
@@ -377,6 +451,12 @@ class SqlMetadataStore:
             for name in tag_names:
                 self._set_tag(connection, repository_id, name, record)
         return []
+
+    def _tag_target(self, connection: Connection, repository_id: int, name: str) -> Digest | None:
+        current = connection.execute(
+            select(tags.c.digest).where(tags.c.repository_id == repository_id, tags.c.name == name)
+        ).scalar()
+        return None if current is None else Digest.parse(current)
 
     def _set_tag(self, connection: Connection, repository_id: int, name: str, record: ManifestRecord) -> None:
         statement = self._insert(tags).values(
@@ -416,16 +496,12 @@ class SqlMetadataStore:
 
     def delete_tag(self, repository_id: int, tag: str) -> bool:
         with self._write() as connection:
-            result = connection.execute(
-                delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
-            )
+            result = connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag))
         return result.rowcount > 0
 
     def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
         with self._write() as connection:
-            connection.execute(
-                delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest))
-            )
+            connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest)))
             connection.execute(
                 delete(manifest_references).where(
                     manifest_references.c.repository_id == repository_id,
@@ -433,9 +509,7 @@ class SqlMetadataStore:
                 )
             )
             result = connection.execute(
-                delete(manifests).where(
-                    manifests.c.repository_id == repository_id, manifests.c.digest == str(digest)
-                )
+                delete(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
             )
         return result.rowcount > 0
 
@@ -449,20 +523,66 @@ class SqlMetadataStore:
             return [Digest.parse(d) for d in connection.execute(query).scalars()]
 
     def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]:
-        query = (
-            select(tags.c.name)
-            .where(tags.c.repository_id == repository_id)
-            .order_by(tags.c.name)
-            .limit(limit)
-        )
+        query = select(tags.c.name).where(tags.c.repository_id == repository_id).order_by(tags.c.name).limit(limit)
         if after is not None:
             query = query.where(tags.c.name > after)
         with self._read() as connection:
             return list(connection.execute(query).scalars())
 
-    def list_referrers(
-        self, repository_id: int, subject: Digest, artifact_type: str | None
-    ) -> list[ManifestRecord]:
+    def list_images(self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
+        query = select(manifests).where(manifests.c.repository_id == repository_id)
+        if after is not None:
+            query = query.where(manifests.c.digest > str(after))
+        if tagged is not None:
+            has_tag = (
+                select(tags.c.name)
+                .where(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest)
+                .exists()
+            )
+            query = query.where(has_tag if tagged else ~has_tag)
+        query = query.order_by(manifests.c.digest).limit(limit)
+        with self._read() as connection:
+            records = [_manifest_record(row) for row in connection.execute(query)]
+            return self._with_tags(connection, repository_id, records)
+
+    def get_images(self, repository_id: int, digests: Iterable[Digest]) -> list[ImageRow]:
+        wanted = sorted({str(d) for d in digests})
+        query = select(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted))
+        with self._read() as connection:
+            records = [_manifest_record(row) for row in connection.execute(query)]
+            return self._with_tags(connection, repository_id, records)
+
+    def _with_tags(self, connection: Connection, repository_id: int, records: list[ManifestRecord]) -> list[ImageRow]:
+        if not records:
+            return []
+        query = (
+            select(tags.c.digest, tags.c.name)
+            .where(tags.c.repository_id == repository_id, tags.c.digest.in_([str(r.digest) for r in records]))
+            .order_by(tags.c.name)
+        )
+        names: dict[str, list[str]] = {}
+        for row in connection.execute(query):
+            names.setdefault(row.digest, []).append(row.name)
+        return [ImageRow(record, tuple(names.get(str(record.digest), ()))) for record in records]
+
+    def tags_of(self, repository_id: int, digest: Digest) -> list[str]:
+        query = (
+            select(tags.c.name)
+            .where(tags.c.repository_id == repository_id, tags.c.digest == str(digest))
+            .order_by(tags.c.name)
+        )
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def record_pull(self, repository_id: int, digest: Digest, now: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(
+                update(manifests)
+                .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+                .values(last_pulled_at=now)
+            )
+
+    def list_referrers(self, repository_id: int, subject: Digest, artifact_type: str | None) -> list[ManifestRecord]:
         query = (
             select(manifests)
             .where(manifests.c.repository_id == repository_id, manifests.c.subject_digest == str(subject))
@@ -477,9 +597,7 @@ class SqlMetadataStore:
 
     def get_credential(self, access_key_id: str) -> Credential | None:
         with self._read() as connection:
-            row = connection.execute(
-                select(credentials).where(credentials.c.access_key_id == access_key_id)
-            ).first()
+            row = connection.execute(select(credentials).where(credentials.c.access_key_id == access_key_id)).first()
         if row is None:
             return None
         return Credential(row.access_key_id, row.sealed_secret, row.account_id, row.user_name)
@@ -518,6 +636,9 @@ def _manifest_row(repository_id: int, record: ManifestRecord) -> dict[str, Any]:
         "subject_digest": str(record.subject) if record.subject else None,
         "annotations": json.dumps(record.annotations) if record.annotations else None,
         "pushed_at": record.pushed_at,
+        "image_size": record.image_size,
+        "config_media_type": record.config_media_type,
+        "last_pulled_at": record.last_pulled_at,
     }
 
 
@@ -530,4 +651,30 @@ def _manifest_record(row: Any) -> ManifestRecord:
         subject=Digest.parse(row.subject_digest) if row.subject_digest else None,
         annotations=json.loads(row.annotations) if row.annotations else {},
         pushed_at=row.pushed_at,
+        image_size=row.image_size,
+        config_media_type=row.config_media_type,
+        last_pulled_at=row.last_pulled_at,
     )
+
+
+def _settings_row(settings: RepositorySettings) -> dict[str, Any]:
+    return {
+        "tag_mutability": settings.tag_mutability,
+        "mutability_exclusions": json.dumps(list(settings.mutability_exclusions))
+        if settings.mutability_exclusions
+        else None,
+        "scan_on_push": settings.scan_on_push,
+        "encryption_type": settings.encryption_type,
+        "kms_key": settings.kms_key,
+    }
+
+
+def _repository(row: Any) -> Repository:
+    settings = RepositorySettings(
+        tag_mutability=row.tag_mutability,
+        mutability_exclusions=tuple(json.loads(row.mutability_exclusions)) if row.mutability_exclusions else (),
+        scan_on_push=bool(row.scan_on_push),
+        encryption_type=row.encryption_type,
+        kms_key=row.kms_key,
+    )
+    return Repository(row.id, RepositoryRef(row.account_id, row.region, row.name), row.created_at, settings)

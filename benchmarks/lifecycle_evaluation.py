@@ -1,0 +1,100 @@
+"""How long lifecycle evaluation takes: a 10-rule policy over 100,000 images (target: under one second).
+
+Run: `python benchmarks/lifecycle_evaluation.py [--images N] [--repeat R]`. Prints the best and median
+wall time of `evaluate` (ECR's evaluation), `plan` (plus Dockyard's safety step) and `preview`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from dockyard.domain.lifecycle import ImageFacts, StorageClass, evaluate, parse_policy, plan, preview
+
+NOW = datetime(2025, 6, 30, tzinfo=UTC)
+
+
+def _rule(priority: int, selection: dict[str, object], action: str = "expire") -> dict[str, object]:
+    body: dict[str, object] = {"type": action}
+    if action == "transition":
+        body["targetStorageClass"] = "archive"
+    return {"rulePriority": priority, "selection": selection, "action": body}
+
+
+def _days(count_type: str, days: int) -> dict[str, object]:
+    return {"countType": count_type, "countUnit": "days", "countNumber": days}
+
+
+POLICY = {
+    "rules": [
+        _rule(1, {"tagStatus": "tagged", "tagPatternList": ["prod-*"], "countType": "imageCountMoreThan", "countNumber": 50}),
+        _rule(2, {"tagStatus": "tagged", "tagPatternList": ["release-*", "*-lts"], **_days("sinceImagePushed", 365)}),
+        _rule(3, {"tagStatus": "tagged", "tagPrefixList": ["v1."], "countType": "imageCountMoreThan", "countNumber": 20}),
+        _rule(4, {"tagStatus": "tagged", "tagPatternList": ["*-rc*"], **_days("sinceImagePushed", 30)}),
+        _rule(5, {"tagStatus": "tagged", "tagPatternList": ["dev-*"], **_days("sinceImagePulled", 60)}, "transition"),
+        _rule(6, {"tagStatus": "tagged", "tagPatternList": ["feature-*-*"], "countType": "imageCountMoreThan", "countNumber": 100}),
+        _rule(7, {"tagStatus": "tagged", "tagPrefixList": ["nightly"], **_days("sinceImagePushed", 7)}),
+        _rule(8, {"tagStatus": "untagged", **_days("sinceImagePushed", 14)}),
+        _rule(9, {"tagStatus": "any", **_days("sinceImagePushed", 180)}, "transition"),
+        _rule(10, {"tagStatus": "any", "storageClass": "archive", **_days("sinceImageTransitioned", 365)}),
+    ]
+}  # fmt: skip
+
+_TAG_SHAPES = ("prod-{}", "release-{}", "release-{}-lts", "v1.{}", "v2.{}", "1.{}-rc1", "dev-{}", "feature-x-{}", "nightly-{}")
+
+
+def _image(number: int, rng: random.Random) -> ImageFacts:
+    pushed = NOW - timedelta(seconds=rng.randrange(2 * 365 * 86400))
+    roll = rng.random()
+    tags = () if roll < 0.3 else tuple(rng.choice(_TAG_SHAPES).format(number + k) for k in range(1 + int(roll > 0.9)))
+    pulled = pushed + timedelta(days=rng.randrange(30)) if rng.random() < 0.5 else None
+    archived = rng.random() < 0.05
+    return ImageFacts(
+        digest=f"sha256:{number:064x}",
+        tags=tags,
+        pushed_at=pushed,
+        last_pulled_at=pulled,
+        last_archived_at=pushed + timedelta(days=1) if archived else None,
+        storage_class=StorageClass.ARCHIVE if archived else StorageClass.STANDARD,
+        # Every 50th image is a referrer of the previous one; every 20th an index listing the next two.
+        subject_digest=f"sha256:{number - 1:064x}" if number % 50 == 49 else None,
+        is_index=number % 20 == 0,
+        child_digests=(f"sha256:{number + 1:064x}", f"sha256:{number + 2:064x}") if number % 20 == 0 else (),
+    )  # fmt: skip
+
+
+def _time(function: Callable[[], object], repeat: int) -> tuple[float, float]:
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        runs.append(time.perf_counter() - start)
+    return min(runs), statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rng = random.Random(20250630)
+    images = [_image(number, rng) for number in range(args.images)]
+    policy = parse_policy(json.dumps(POLICY))
+    acted = plan(policy, images, NOW)
+    print(f"{len(images)} images, {len(policy.rules)} rules, {len(acted)} acted on by plan")
+    for name, function in (
+        ("evaluate", lambda: evaluate(policy, images, NOW)),
+        ("plan", lambda: plan(policy, images, NOW)),
+        ("preview", lambda: preview(policy, images, NOW)),
+    ):
+        best, median = _time(function, args.repeat)
+        print(f"{name:>9}: best {best * 1000:.0f} ms, median {median * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""ECR's image and layer operations (DescribeImages, BatchGetImage, PutImage, UploadLayerPart, …).
+
+They are a second door onto `Registry`: uploads, manifest storage, tags and deletes all go through the same
+methods the `/v2` routes use, so an image pushed by skopeo is described here and one put here is pulled by
+skopeo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from dockyard.domain.errors import (
+    DockyardError,
+    EmptyUpload,
+    ImageAlreadyExists,
+    ImageDigestDoesNotMatch,
+    ImageNotFound,
+    InvalidLayerPart,
+    InvalidParameter,
+    LayerAlreadyExists,
+    LayersNotFound,
+    ManifestReferenced,
+)
+from dockyard.domain.images import Registry
+from dockyard.domain.manifests import parse_manifest
+from dockyard.domain.names import TAG_RE, Digest, RepositoryRef
+from dockyard.domain.ports import ImageRow, Repository
+
+# ECR's advertised part size for the layer upload API.
+PART_SIZE: Final = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageId:
+    """An `ImageIdentifier` as the caller gave it (strings, unchecked until resolved)."""
+
+    digest: str | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    image_id: ImageId
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    image_id: ImageId  # with both digest and tag as ECR echoes them
+    row: ImageRow
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    digest: str
+    size: int | None  # None: not available in the repository
+
+
+class ImageOperations:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.metadata = registry.metadata
+
+    # --------------------------------------------------------------------------------------- queries
+
+    def list_images(self, ref: RepositoryRef, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
+        return self.metadata.list_images(self.registry.repository(ref).id, after, limit, tagged)
+
+    def resolve(self, ref: RepositoryRef, ids: list[ImageId]) -> tuple[list[ResolvedImage], list[ImageFailure]]:
+        """Find each identified image; problems become per-id failures, as ECR's batch calls report them."""
+        repository = self.registry.repository(ref)
+        found: list[ResolvedImage] = []
+        failures: list[ImageFailure] = []
+        for image_id in ids:
+            try:
+                found.append(self._resolve_one(repository, image_id))
+            except _Failure as failure:
+                failures.append(ImageFailure(image_id, failure.code, failure.reason))
+        return found, failures
+
+    def _resolve_one(self, repository: Repository, image_id: ImageId) -> ResolvedImage:
+        if image_id.digest is None and image_id.tag is None:
+            raise _Failure("MissingDigestAndTag", "Invalid request parameters: both tag and digest cannot be null")
+        digest = _parse_digest(image_id.digest) if image_id.digest is not None else None
+        if image_id.tag is not None and not TAG_RE.fullmatch(image_id.tag):
+            raise _Failure("InvalidImageTag", f"Invalid image tag: {image_id.tag}")
+        if image_id.tag is not None:
+            record = self.metadata.resolve_tag(repository.id, image_id.tag)
+            if record is None or (digest is not None and record.digest != digest):
+                code = "ImageTagDoesNotMatchDigest" if record is not None else "ImageNotFound"
+                raise _Failure(code, "Requested image not found")
+            digest = record.digest
+        assert digest is not None
+        rows = self.metadata.get_images(repository.id, [digest])
+        if not rows:
+            raise _Failure("ImageNotFound", "Requested image not found")
+        return ResolvedImage(ImageId(str(digest), image_id.tag), rows[0])
+
+    def describe(self, ref: RepositoryRef, ids: list[ImageId]) -> list[ImageRow]:
+        """DescribeImages with imageIds: any unknown image fails the whole call."""
+        found, failures = self.resolve(ref, ids)
+        if failures:
+            raise ImageNotFound(
+                f"The image with imageId {_describe_id(failures[0].image_id)} does not exist within the repository "
+                f"with name '{ref.name}' in the registry with id '{ref.account_id}'"
+            )
+        unique: dict[Digest, ImageRow] = {item.row.manifest.digest: item.row for item in found}
+        return list(unique.values())
+
+    def batch_get(
+        self, ref: RepositoryRef, ids: list[ImageId], accepted: list[str] | None
+    ) -> tuple[list[tuple[ResolvedImage, bytes]], list[ImageFailure]]:
+        found, failures = self.resolve(ref, ids)
+        images = []
+        now = self.registry.clock()
+        for item in found:
+            record = item.row.manifest
+            if accepted and record.media_type not in accepted:
+                failures.append(ImageFailure(item.image_id, "UnsupportedImageType", f"manifest is {record.media_type}"))
+                continue
+            images.append((item, self.registry.manifest_content(record)))
+            self.registry.note_pull(ref, record.digest, record.last_pulled_at, now)
+        return images, failures
+
+    # --------------------------------------------------------------------------------------- changes
+
+    def batch_delete(self, ref: RepositoryRef, ids: list[ImageId]) -> tuple[list[ImageId], list[ImageFailure]]:
+        """By tag: untag (the image goes with its last tag). By digest: the image and all its tags."""
+        repository = self.registry.repository(ref)
+        deleted: list[ImageId] = []
+        failures: list[ImageFailure] = []
+        for image_id in ids:
+            try:
+                deleted.extend(self._delete_one(repository, image_id))
+            except _Failure as failure:
+                failures.append(ImageFailure(image_id, failure.code, failure.reason))
+        return deleted, failures
+
+    def _delete_one(self, repository: Repository, image_id: ImageId) -> list[ImageId]:
+        resolved = self._resolve_one(repository, image_id)
+        digest = Digest.parse(str(resolved.image_id.digest))
+        if image_id.tag is not None and len(resolved.row.tags) > 1:
+            self.metadata.delete_tag(repository.id, image_id.tag)
+            return [resolved.image_id]
+        try:
+            self.registry.delete_manifest(repository.ref, str(digest))
+        except ManifestReferenced as error:
+            raise _Failure("ImageReferencedByManifestList", error.message) from None
+        if image_id.tag is not None:
+            return [resolved.image_id]
+        return [ImageId(str(digest), tag) for tag in resolved.row.tags] or [ImageId(str(digest))]
+
+    def put_image(
+        self,
+        ref: RepositoryRef,
+        manifest_text: str,
+        media_type: str | None,
+        tag: str | None,
+        digest_text: str | None,
+    ) -> tuple[ImageId, str]:
+        repository = self.registry.repository(ref)
+        raw = manifest_text.encode()
+        expected = _parse_put_digest(digest_text) if digest_text else None
+        manifest = parse_manifest(raw, media_type, expected.algorithm if expected else "sha256")
+        if expected is not None and expected != manifest.digest:
+            raise ImageDigestDoesNotMatch(
+                f"Invalid parameter at 'imageDigest' failed to satisfy constraint: '{digest_text} does not "
+                f"match the digest of the manifest ({manifest.digest})'"
+            )
+        if tag is not None and not TAG_RE.fullmatch(tag):
+            raise InvalidParameter(f"Invalid parameter at 'imageTag' failed to satisfy constraint: '{tag}'")
+        self._refuse_unchanged(repository, manifest.digest, tag)
+        self.registry.store_manifest(repository, manifest, raw, [tag] if tag else [])
+        return ImageId(str(manifest.digest), tag), manifest.media_type
+
+    def _refuse_unchanged(self, repository: Repository, digest: Digest, tag: str | None) -> None:
+        """PutImage of a manifest that is already there under the same tag (or untagged) is an error in ECR."""
+        current = self.metadata.resolve_tag(repository.id, tag) if tag else None
+        exists = current is not None and current.digest == digest
+        if tag is None:
+            exists = self.metadata.get_manifest(repository.id, digest) is not None
+        if exists:
+            raise ImageAlreadyExists(
+                f"Image with digest '{digest}'{f' and tag {tag!r}' if tag else ''} already exists in the "
+                f"repository with name '{repository.ref.name}' in registry with id '{repository.ref.account_id}'"
+            )
+
+    # --------------------------------------------------------------------------------------- layers
+
+    def layer_availability(self, ref: RepositoryRef, digests: list[str]) -> tuple[list[LayerInfo], list[ImageFailure]]:
+        repository = self.registry.repository(ref)
+        layers, failures = [], []
+        for text in digests:
+            try:
+                digest = Digest.parse(text)
+            except DockyardError:
+                failures.append(ImageFailure(ImageId(text), "InvalidLayerDigest", f"invalid layer digest {text!r}"))
+                continue
+            layers.append(LayerInfo(text, self.metadata.linked_blob_size(repository.id, digest)))
+        return layers, failures
+
+    def upload_part(self, ref: RepositoryRef, upload_id: str, first: int, last: int, data: bytes) -> int:
+        """Append one part; parts must be consecutive. Returns the last byte received."""
+        if last - first + 1 != len(data):
+            raise InvalidLayerPart(
+                f"part {first}-{last} is {last - first + 1} bytes but {len(data)} were sent",
+                detail=self._part_detail(ref, upload_id),
+            )
+        try:
+            appender = self.registry.begin_append(ref, upload_id, first)
+        except DockyardError as error:
+            if error.http_status != 416:
+                raise
+            raise InvalidLayerPart(
+                f"part starts at byte {first}; the upload expects the next part to start right after the last "
+                "valid byte received",
+                detail=self._part_detail(ref, upload_id),
+            ) from None
+        appender.write(data)
+        return appender.finish() - 1
+
+    def _part_detail(self, ref: RepositoryRef, upload_id: str) -> dict[str, object]:
+        size = self.registry.upload_size(ref, upload_id)
+        return {
+            "registryId": ref.account_id,
+            "repositoryName": ref.name,
+            "uploadId": upload_id,
+            "lastValidByteReceived": size - 1,
+        }
+
+    def complete_layer(self, ref: RepositoryRef, upload_id: str, digests: list[str]) -> Digest:
+        repository = self.registry.repository(ref)
+        digest = _parse_layer_digest(digests)
+        if self.registry.upload_size(ref, upload_id) == 0:
+            raise EmptyUpload(f"The upload with id '{upload_id}' contains no data")
+        if self.metadata.linked_blob_size(repository.id, digest) is not None:
+            self.registry.cancel_upload(ref, upload_id)
+            raise LayerAlreadyExists(f"The layer '{digest}' already exists in the repository '{ref.name}'")
+        self.registry.complete_upload(ref, upload_id, digest)
+        return digest
+
+    def download_check(self, ref: RepositoryRef, digest_text: str) -> Digest:
+        digest = _parse_layer_digest([digest_text])
+        if self.metadata.linked_blob_size(self.registry.repository(ref).id, digest) is None:
+            raise LayersNotFound(f"The layer '{digest}' does not exist in the repository '{ref.name}'")
+        return digest
+
+
+class _Failure(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        self.code, self.reason = code, reason
+        super().__init__(reason)
+
+
+def _parse_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except DockyardError:
+        raise _Failure("InvalidImageDigest", f"Invalid image digest: {text}") from None
+
+
+def _parse_put_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except DockyardError:
+        raise InvalidParameter(f"Invalid parameter at 'imageDigest' failed to satisfy constraint: '{text}'") from None
+
+
+def _parse_layer_digest(digests: list[str]) -> Digest:
+    for text in digests:
+        try:
+            return Digest.parse(text)
+        except DockyardError:
+            continue
+    raise InvalidParameter(f"Invalid parameter at 'layerDigests': no supported digest in {digests}")
+
+
+def _describe_id(image_id: ImageId) -> str:
+    parts = []
+    if image_id.digest:
+        parts.append(f"imageDigest={image_id.digest}")
+    if image_id.tag:
+        parts.append(f"imageTag={image_id.tag}")
+    return "{" + ", ".join(parts) + "}"
