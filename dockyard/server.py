@@ -14,7 +14,9 @@ from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.repositories import Repositories
 from dockyard.domain.tokens import TokenSigner, derive_key
+from dockyard.http.ecr_api import ECR_TARGET, EcrDoor
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
@@ -36,6 +38,7 @@ class Services:
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
         self.authenticator = Authenticator(self.metadata, self.box)
         self.authorizer = Authorizer()
+        self.repositories = Repositories(self.metadata)
 
 
 def prepare(settings: Settings) -> Services:
@@ -82,6 +85,14 @@ class Dockyard:
             realm=settings.public_url,
         )
 
+        self.ecr_door: ASGIApp = EcrDoor(
+            services.registry,
+            services.repositories,
+            services.authenticator,
+            services.login_tokens,
+            services.authorizer,
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -92,6 +103,9 @@ class Dockyard:
         if path == "/v2" or path.startswith("/v2/"):
             await self.registry_door(scope, receive, send)
             return
+        if scope["method"] == "POST" and _header(scope, b"x-amz-target").startswith(ECR_TARGET + "."):
+            await self.ecr_door(scope, receive, send)
+            return
         response: Response
         if path == "/healthz":
             response = JSONResponse({"status": "ok"})
@@ -100,6 +114,13 @@ class Dockyard:
         else:
             response = JSONResponse({"message": "not found"}, status_code=404)
         await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

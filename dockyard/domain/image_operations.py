@@ -65,8 +65,10 @@ class ImageOperations:
 
     # --------------------------------------------------------------------------------------- queries
 
-    def list_images(self, ref: RepositoryRef, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
-        return self.metadata.list_images(self.registry.repository(ref).id, after, limit, tagged)
+    def list_images(
+        self, ref: RepositoryRef, after: Digest | None, limit: int, tagged: bool | None, inclusive: bool = False
+    ) -> list[ImageRow]:
+        return self.metadata.list_images(self.registry.repository(ref).id, after, limit, tagged, inclusive)
 
     def resolve(self, ref: RepositoryRef, ids: list[ImageId]) -> tuple[list[ResolvedImage], list[ImageFailure]]:
         """Find each identified image; problems become per-id failures, as ECR's batch calls report them."""

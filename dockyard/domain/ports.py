@@ -211,8 +211,10 @@ class ManifestStore(Protocol):
 
     def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]: ...
 
-    def list_images(self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
-        """Images ordered by digest after `after`; `tagged` True/False filters, None lists all."""
+    def list_images(
+        self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None, inclusive: bool = False
+    ) -> list[ImageRow]:
+        """Images ordered by digest after `after` (or from it, when inclusive); `tagged` True/False filters."""
         ...
 
     def get_images(self, repository_id: int, digests: Iterable[Digest]) -> list[ImageRow]: ...

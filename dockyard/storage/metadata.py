@@ -529,10 +529,12 @@ class SqlMetadataStore:
         with self._read() as connection:
             return list(connection.execute(query).scalars())
 
-    def list_images(self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None) -> list[ImageRow]:
+    def list_images(
+        self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None, inclusive: bool = False
+    ) -> list[ImageRow]:
         query = select(manifests).where(manifests.c.repository_id == repository_id)
         if after is not None:
-            query = query.where(manifests.c.digest > str(after))
+            query = query.where(manifests.c.digest >= str(after) if inclusive else manifests.c.digest > str(after))
         if tagged is not None:
             has_tag = (
                 select(tags.c.name)

@@ -1,0 +1,465 @@
+"""The ECR API door: AWS JSON 1.1 on `POST /` (`X-Amz-Target`), SigV4-authenticated.
+
+Parse → verify the signature → validate against botocore's model → authorise `ecr:<Operation>` → call the
+domain → serialise through the model's output shape. Handlers only translate between the model's members and
+domain values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from dockyard.domain.errors import DockyardError, InvalidParameter, NameUnknown, Unavailable
+from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
+from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
+from dockyard.domain.images import Registry
+from dockyard.domain.names import Digest, RepositoryRef
+from dockyard.domain.ports import ImageRow, Repository, RepositorySettings
+from dockyard.domain.repositories import Repositories
+from dockyard.http import aws_json
+from dockyard.http.errors import log
+from dockyard.http.metrics import LATENCY, REQUESTS
+from dockyard.http.sigv4 import SignedRequest, verify
+
+ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
+MAX_BODY: Final = 32 * 1024 * 1024  # UploadLayerPart carries up to 20 MiB, base64-encoded
+DEFAULT_PAGE: Final = 100
+
+
+class RepositoryNotFound(NameUnknown):
+    """NAME_UNKNOWN's ECR name; raised with ECR's message text."""
+
+
+@dataclass(frozen=True)
+class EcrCall:
+    principal: Principal
+    region: str
+    host: str
+    scheme: str
+    params: dict[str, Any]
+
+    @property
+    def account(self) -> str:
+        registry_id = self.params.get("registryId")
+        return str(registry_id) if registry_id else self.principal.account_id
+
+    def ref(self, name_member: str = "repositoryName") -> RepositoryRef:
+        return RepositoryRef(self.account, self.region, self.params[name_member])
+
+
+Handler = Callable[[EcrCall], dict[str, Any]]
+
+
+class EcrDoor:
+    def __init__(
+        self,
+        registry: Registry,
+        repositories: Repositories,
+        authenticator: Authenticator,
+        login_tokens: LoginTokens,
+        authorizer: Authorizer,
+    ) -> None:
+        self.registry = registry
+        self.repositories = repositories
+        self.images = ImageOperations(registry)
+        self.authenticator = authenticator
+        self.login_tokens = login_tokens
+        self.authorizer = authorizer
+        self.model = aws_json.service_model("ecr")
+        self.handlers: dict[str, Handler] = {
+            name: getattr(self, _snake(name)) for name in self.model.operation_names if hasattr(self, _snake(name))
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        operation = request.headers.get("x-amz-target", "").partition(".")[2]
+        started = time.perf_counter()
+        try:
+            response = await self.dispatch(request, operation)
+        except DockyardError as error:
+            response = aws_json.error_response(error)
+        except Exception as exc:
+            log.exception("unexpected error in ECR operation %s", operation, exc_info=exc)
+            response = aws_json.error_response(Unavailable("internal error; the request was not completed"))
+        route = operation if operation in self.model.operation_names else "unknown"
+        LATENCY.labels("ecr", route).observe(time.perf_counter() - started)
+        REQUESTS.labels("ecr", route, request.method, str(response.status_code)).inc()
+        await response(scope, receive, send)
+
+    async def dispatch(self, request: Request, operation_name: str) -> Response:
+        body = await _read_body(request)
+        operation = aws_json.operation(self.model, operation_name)
+        verified = await run_in_threadpool(self._verify, request, body)
+        params = aws_json.validate(operation.input_shape, aws_json.parse_body(body))
+        handler = self.handlers.get(operation.name)
+        if handler is None:
+            raise aws_json.NotBuilt(f"{operation.name} is not supported by this version of Dockyard")
+        call = EcrCall(verified.principal, verified.region, request.headers.get("host", ""), request.url.scheme, params)
+        result = await run_in_threadpool(self._run, operation.name, handler, call)
+        return aws_json.json_response(aws_json.serialize(operation.output_shape, result))
+
+    def _verify(self, request: Request, body: bytes) -> Any:
+        signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
+        return verify(signed, self.authenticator.secret_of, frozenset({"ecr"}), self.registry.clock())
+
+    def _run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
+        if "repositoryName" in call.params:
+            self.authorizer.authorize(call.principal, f"ecr:{operation}", call.ref())
+        else:
+            self.authorizer.authorize_account(call.principal, f"ecr:{operation}", call.account)
+        return handler(call)
+
+    # ------------------------------------------------------------------------------------------ shapes
+
+    def repository_shape(self, repository: Repository, call: EcrCall) -> dict[str, Any]:
+        settings = repository.settings
+        filters = [{"filterType": "WILDCARD", "filter": f} for f in settings.mutability_exclusions]
+        return {
+            "repositoryArn": repository.ref.arn,
+            "registryId": repository.ref.account_id,
+            "repositoryName": repository.ref.name,
+            "repositoryUri": f"{call.host}/{repository.ref.name}",
+            "createdAt": repository.created_at,
+            "imageTagMutability": settings.tag_mutability,
+            "imageTagMutabilityExclusionFilters": filters or None,
+            "imageScanningConfiguration": {"scanOnPush": settings.scan_on_push},
+            "encryptionConfiguration": {"encryptionType": settings.encryption_type, "kmsKey": settings.kms_key},
+        }
+
+    def image_detail(self, row: ImageRow, ref: RepositoryRef) -> dict[str, Any]:
+        record = row.manifest
+        return {
+            "registryId": ref.account_id,
+            "repositoryName": ref.name,
+            "imageDigest": str(record.digest),
+            "imageTags": list(row.tags) or None,
+            "imageSizeInBytes": record.image_size,
+            "imagePushedAt": record.pushed_at,
+            "imageManifestMediaType": record.media_type,
+            "artifactMediaType": record.config_media_type,
+            "lastRecordedPullTime": record.last_pulled_at,
+            "subjectManifestDigest": str(record.subject) if record.subject else None,
+            "imageStatus": "ACTIVE",
+        }
+
+    # ------------------------------------------------------------------------------------------ repositories
+
+    def create_repository(self, call: EcrCall) -> dict[str, Any]:
+        p = call.params
+        settings = RepositorySettings(
+            tag_mutability=p.get("imageTagMutability", "MUTABLE"),
+            mutability_exclusions=tuple(f["filter"] for f in p.get("imageTagMutabilityExclusionFilters", [])),
+            scan_on_push=p.get("imageScanningConfiguration", {}).get("scanOnPush", False),
+            encryption_type=p.get("encryptionConfiguration", {}).get("encryptionType", "AES256"),
+            kms_key=p.get("encryptionConfiguration", {}).get("kmsKey"),
+        )
+        tags = [(t["Key"], t.get("Value", "")) for t in p.get("tags", [])]
+        repository = self.repositories.create(call.ref(), settings, tags)
+        return {"repository": self.repository_shape(repository, call)}
+
+    def describe_repositories(self, call: EcrCall) -> dict[str, Any]:
+        names = call.params.get("repositoryNames")
+        if names is not None:
+            _no_pagination_with_ids(call, "repositoryNames")
+            found = [self._repository(call, name) for name in names]
+            return {"repositories": [self.repository_shape(r, call) for r in found]}
+        after, limit = _page(call)
+        page = self.repositories.list(call.account, call.region, after, limit + 1)
+        next_token = _token(page[limit - 1].ref.name) if len(page) > limit else None
+        return {"repositories": [self.repository_shape(r, call) for r in page[:limit]], "nextToken": next_token}
+
+    def delete_repository(self, call: EcrCall) -> dict[str, Any]:
+        repository = self._guard_repository(
+            call, lambda: self.repositories.delete(call.ref(), call.params.get("force", False))
+        )
+        return {"repository": self.repository_shape(repository, call)}
+
+    def put_image_tag_mutability(self, call: EcrCall) -> dict[str, Any]:
+        filters = [f["filter"] for f in call.params.get("imageTagMutabilityExclusionFilters", [])]
+        repository = self._guard_repository(
+            call, lambda: self.repositories.set_tag_mutability(call.ref(), call.params["imageTagMutability"], filters)
+        )
+        return {
+            "registryId": call.account,
+            "repositoryName": repository.ref.name,
+            "imageTagMutability": repository.settings.tag_mutability,
+            "imageTagMutabilityExclusionFilters": [{"filterType": "WILDCARD", "filter": f} for f in filters] or None,
+        }
+
+    def put_image_scanning_configuration(self, call: EcrCall) -> dict[str, Any]:
+        scan_on_push = call.params["imageScanningConfiguration"].get("scanOnPush", False)
+        repository = self._guard_repository(call, lambda: self.repositories.set_scan_on_push(call.ref(), scan_on_push))
+        return {
+            "registryId": call.account,
+            "repositoryName": repository.ref.name,
+            "imageScanningConfiguration": {"scanOnPush": repository.settings.scan_on_push},
+        }
+
+    def tag_resource(self, call: EcrCall) -> dict[str, Any]:
+        ref = _ref_from_arn(call.params["resourceArn"])
+        tags = [(t["Key"], t.get("Value", "")) for t in call.params["tags"]]
+        self._guard_repository(call, lambda: self.repositories.tag(ref, tags), ref)
+        return {}
+
+    def untag_resource(self, call: EcrCall) -> dict[str, Any]:
+        ref = _ref_from_arn(call.params["resourceArn"])
+        self._guard_repository(call, lambda: self.repositories.untag(ref, call.params["tagKeys"]), ref)
+        return {}
+
+    def list_tags_for_resource(self, call: EcrCall) -> dict[str, Any]:
+        ref = _ref_from_arn(call.params["resourceArn"])
+        tags = self._guard_repository(call, lambda: self.repositories.resource_tags(ref), ref)
+        return {"tags": [{"Key": key, "Value": value} for key, value in sorted(tags.items())]}
+
+    def describe_registry(self, call: EcrCall) -> dict[str, Any]:
+        return {"registryId": call.account, "replicationConfiguration": {"rules": []}}
+
+    def get_authorization_token(self, call: EcrCall) -> dict[str, Any]:
+        registries = call.params.get("registryIds") or [call.principal.account_id]
+        now = self.registry.clock()
+        data = []
+        for account in registries:
+            token = self.login_tokens.issue(call.principal, account, now)
+            data.append(
+                {
+                    "authorizationToken": base64.b64encode(f"AWS:{token.password}".encode()).decode(),
+                    "expiresAt": token.expires_at,
+                    "proxyEndpoint": f"{call.scheme}://{call.host}",
+                }
+            )
+        return {"authorizationData": data}
+
+    # ------------------------------------------------------------------------------------------ images
+
+    def list_images(self, call: EcrCall) -> dict[str, Any]:
+        after, limit = _page(call)
+        tagged = _tag_status(call)
+        start_digest, start_tag = _split_image_token(after)
+        # A page may end inside an image's tags: then the next page starts again at that image.
+        rows = self._guard_repository(
+            call, lambda: self.images.list_images(call.ref(), start_digest, limit + 1, tagged, start_tag is not None)
+        )
+        ids: list[tuple[dict[str, Any], str]] = []
+        for row in rows:
+            digest = str(row.manifest.digest)
+            entries = [(tag, f"{digest}|{tag}") for tag in row.tags] if row.tags else [(None, f"{digest}|")]
+            ids.extend(({"imageDigest": digest, "imageTag": tag}, key) for tag, key in entries)
+        if start_tag is not None:
+            ids = [entry for entry in ids if entry[1] > f"{start_digest}|{start_tag}"]
+        next_token = _token(ids[limit - 1][1]) if len(ids) > limit else None
+        return {"imageIds": [entry for entry, _ in ids[:limit]], "nextToken": next_token}
+
+    def describe_images(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        ids = call.params.get("imageIds")
+        if ids is not None:
+            _no_pagination_with_ids(call, "imageIds")
+            rows = self._guard_repository(call, lambda: self.images.describe(ref, _image_ids(ids)))
+            return {"imageDetails": [self.image_detail(row, ref) for row in rows]}
+        after, limit = _page(call)
+        start = Digest.parse(after) if after else None
+        rows = self._guard_repository(call, lambda: self.images.list_images(ref, start, limit + 1, _tag_status(call)))
+        next_token = _token(str(rows[limit - 1].manifest.digest)) if len(rows) > limit else None
+        return {"imageDetails": [self.image_detail(row, ref) for row in rows[:limit]], "nextToken": next_token}
+
+    def batch_get_image(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        accepted = call.params.get("acceptedMediaTypes")
+        images, failures = self._guard_repository(
+            call, lambda: self.images.batch_get(ref, _image_ids(call.params["imageIds"]), accepted)
+        )
+        return {
+            "images": [
+                {
+                    "registryId": ref.account_id,
+                    "repositoryName": ref.name,
+                    "imageId": _image_id_shape(item.image_id),
+                    "imageManifest": content.decode(),
+                    "imageManifestMediaType": item.row.manifest.media_type,
+                }
+                for item, content in images
+            ],
+            "failures": [_failure_shape(f) for f in failures],
+        }
+
+    def batch_delete_image(self, call: EcrCall) -> dict[str, Any]:
+        deleted, failures = self._guard_repository(
+            call, lambda: self.images.batch_delete(call.ref(), _image_ids(call.params["imageIds"]))
+        )
+        return {"imageIds": [_image_id_shape(i) for i in deleted], "failures": [_failure_shape(f) for f in failures]}
+
+    def put_image(self, call: EcrCall) -> dict[str, Any]:
+        p = call.params
+        image_id, media_type = self._guard_repository(
+            call,
+            lambda: self.images.put_image(
+                call.ref(), p["imageManifest"], p.get("imageManifestMediaType"), p.get("imageTag"), p.get("imageDigest")
+            ),
+        )
+        return {
+            "image": {
+                "registryId": call.account,
+                "repositoryName": call.params["repositoryName"],
+                "imageId": _image_id_shape(image_id),
+                "imageManifest": p["imageManifest"],
+                "imageManifestMediaType": media_type,
+            }
+        }
+
+    # ------------------------------------------------------------------------------------------ layers
+
+    def batch_check_layer_availability(self, call: EcrCall) -> dict[str, Any]:
+        layers, failures = self._guard_repository(
+            call, lambda: self.images.layer_availability(call.ref(), call.params["layerDigests"])
+        )
+        return {
+            "layers": [
+                {
+                    "layerDigest": layer.digest,
+                    "layerAvailability": "AVAILABLE" if layer.size is not None else "UNAVAILABLE",
+                    "layerSize": layer.size,
+                }
+                for layer in layers
+            ],
+            "failures": [
+                {"layerDigest": f.image_id.digest, "failureCode": f.code, "failureReason": f.reason} for f in failures
+            ],
+        }
+
+    def initiate_layer_upload(self, call: EcrCall) -> dict[str, Any]:
+        self._guard_repository(call, lambda: self.registry.repository(call.ref()))
+        return {"uploadId": self.registry.start_upload(call.ref()), "partSize": PART_SIZE}
+
+    def upload_layer_part(self, call: EcrCall) -> dict[str, Any]:
+        p = call.params
+        last = self._guard_repository(
+            call,
+            lambda: self.images.upload_part(
+                call.ref(), p["uploadId"], p["partFirstByte"], p["partLastByte"], p["layerPartBlob"]
+            ),
+        )
+        return {
+            "registryId": call.account,
+            "repositoryName": p["repositoryName"],
+            "uploadId": p["uploadId"],
+            "lastByteReceived": last,
+        }
+
+    def complete_layer_upload(self, call: EcrCall) -> dict[str, Any]:
+        p = call.params
+        digest = self._guard_repository(
+            call, lambda: self.images.complete_layer(call.ref(), p["uploadId"], p["layerDigests"])
+        )
+        return {
+            "registryId": call.account,
+            "repositoryName": p["repositoryName"],
+            "uploadId": p["uploadId"],
+            "layerDigest": str(digest),
+        }
+
+    def get_download_url_for_layer(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        digest = self._guard_repository(call, lambda: self.images.download_check(ref, call.params["layerDigest"]))
+        url = f"{call.scheme}://{call.host}/v2/{ref.name}/blobs/{digest}"
+        return {"downloadUrl": url, "layerDigest": str(digest)}
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _repository(self, call: EcrCall, name: str) -> Repository:
+        ref = RepositoryRef(call.account, call.region, name)
+        repository: Repository = self._guard_repository(call, lambda: self.repositories.get(ref), ref)
+        return repository
+
+    def _guard_repository(self, call: EcrCall, action: Callable[[], Any], ref: RepositoryRef | None = None) -> Any:
+        """Run `action`, answering an unknown repository with ECR's RepositoryNotFoundException message."""
+        try:
+            return action()
+        except NameUnknown as error:
+            target = ref or call.ref()
+            if isinstance(error, RepositoryNotFound):
+                raise
+            raise RepositoryNotFound(
+                f"The repository with name '{target.name}' does not exist in the registry with id '{target.account_id}'"
+            ) from None
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+async def _read_body(request: Request) -> bytes:
+    parts, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise InvalidParameter(f"the request body exceeds {MAX_BODY} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _page(call: EcrCall) -> tuple[str | None, int]:
+    token = call.params.get("nextToken")
+    after = None
+    if token:
+        try:
+            after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidParameter(
+                "Invalid parameter at 'nextToken' failed to satisfy constraint: 'invalid token'"
+            ) from None
+    return after, int(call.params.get("maxResults", DEFAULT_PAGE))
+
+
+def _token(after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+
+
+def _split_image_token(after: str | None) -> tuple[Digest | None, str | None]:
+    """ListImages pages by (digest, tag) pairs: the token names the last pair returned."""
+    if after is None:
+        return None, None
+    digest_text, _, tag = after.partition("|")
+    return Digest.parse(digest_text), tag or None
+
+
+def _no_pagination_with_ids(call: EcrCall, member: str) -> None:
+    if call.params.get("nextToken") or call.params.get("maxResults"):
+        raise InvalidParameter(f"Invalid parameter: {member} cannot be combined with nextToken or maxResults")
+
+
+def _tag_status(call: EcrCall) -> bool | None:
+    status = call.params.get("filter", {}).get("tagStatus", "ANY")
+    return {"TAGGED": True, "UNTAGGED": False}.get(status)
+
+
+def _image_ids(items: list[dict[str, str]]) -> list[ImageId]:
+    return [ImageId(item.get("imageDigest"), item.get("imageTag")) for item in items]
+
+
+def _image_id_shape(image_id: ImageId) -> dict[str, Any]:
+    return {"imageDigest": image_id.digest, "imageTag": image_id.tag}
+
+
+def _failure_shape(failure: ImageFailure) -> dict[str, Any]:
+    return {
+        "imageId": _image_id_shape(failure.image_id),
+        "failureCode": failure.code,
+        "failureReason": failure.reason,
+    }
+
+
+def _ref_from_arn(arn: str) -> RepositoryRef:
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "ecr" or not parts[5].startswith("repository/"):
+        raise InvalidParameter(f"Invalid parameter at 'resourceArn' failed to satisfy constraint: '{arn}'")
+    return RepositoryRef(parts[4], parts[3], parts[5].removeprefix("repository/"))
