@@ -220,7 +220,8 @@ class Registry:
     def complete_upload(self, ref: RepositoryRef, upload_id: str, digest: Digest) -> int:
         session = self._session(ref, upload_id)
         size = self.upload_size(ref, upload_id)
-        hasher = self.hashes.take(upload_id, size) if digest.algorithm == "sha256" else None
+        cached = self.hashes.take(upload_id, size)  # always taken: a state left behind would go stale
+        hasher = cached if digest.algorithm == "sha256" else None
         if hasher is None:
             hasher = self._rehash(upload_id, digest.algorithm)
         if hasher.hexdigest() != digest.hex:

@@ -159,14 +159,28 @@ class PlannedAction:
     """One image the policy acts on. `follows` names the index or subject whose fate this image shares
     (set only by `apply_reference_safety`); `applied_rule_priority` is then that image's rule."""
 
-    digest: str
-    tags: tuple[str, ...]
-    pushed_at: datetime
-    storage_class: StorageClass
+    image: ImageFacts
     action: ActionType
     target_storage_class: StorageClass | None
     applied_rule_priority: int
     follows: str | None = None
+
+    # The image's own facts, as GetLifecyclePolicyPreview reports them.
+    @property
+    def digest(self) -> str:
+        return self.image.digest
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.image.tags
+
+    @property
+    def pushed_at(self) -> datetime:
+        return self.image.pushed_at
+
+    @property
+    def storage_class(self) -> StorageClass:
+        return self.image.storage_class
 
 
 # ======================================================================================= parse + validate
@@ -632,22 +646,14 @@ def _older(time: datetime | None, threshold: datetime) -> bool:
 
 
 def _planned(image: ImageFacts, rule: Rule) -> PlannedAction:
-    return PlannedAction(
-        image.digest,
-        image.tags,
-        image.pushed_at,
-        image.storage_class,
-        rule.action,
-        rule.target_storage_class,
-        rule.priority,
-    )
+    return PlannedAction(image, rule.action, rule.target_storage_class, rule.priority)
 
 
 def _sorted_plan(actions: Iterable[PlannedAction]) -> list[PlannedAction]:
     # Three stable single-key sorts: far cheaper than tuple keys holding datetimes, and near-linear on the
     # almost sorted lists evaluation produces.
-    ordered = sorted(actions, key=attrgetter("digest"))
-    ordered.sort(key=lambda action: action.pushed_at.timestamp())
+    ordered = sorted(actions, key=attrgetter("image.digest"))
+    ordered.sort(key=attrgetter("image.pushed_at"))
     ordered.sort(key=attrgetter("applied_rule_priority"))
     return ordered
 
@@ -666,18 +672,19 @@ class _References:
 
 
 def _reference_graph(images: Sequence[ImageFacts]) -> _References:
-    children = {child for image in images for child in image.child_digests}
+    indexes = [image for image in images if image.child_digests]
+    children = {child for index in indexes for child in index.child_digests}
     dependent = {
         image.digest: image
         for image in images
-        if image.digest in children or image.subject_digest is not None
+        if image.subject_digest is not None or image.digest in children
     }
     parents: defaultdict[str, list[str]] = defaultdict(list)
-    for image in images:
-        for child in dict.fromkeys(image.child_digests):  # an index may list a manifest twice
-            if child in dependent and child != image.digest:
-                parents[child].append(image.digest)
-    return _References(dependent, parents, frozenset(image.digest for image in images))
+    for index in indexes:
+        for child in dict.fromkeys(index.child_digests):  # an index may list a manifest twice
+            if child in dependent and child != index.digest:
+                parents[child].append(index.digest)
+    return _References(dependent, parents, frozenset([image.digest for image in images]))
 
 
 def _leaders(graph: _References, image: ImageFacts) -> list[str]:
@@ -770,14 +777,7 @@ def _follow(image: ImageFacts, leader: PlannedAction | None) -> PlannedAction | 
     if leader.action is ActionType.TRANSITION and image.storage_class is not StorageClass.STANDARD:
         return None  # already archived: nothing to move
     return PlannedAction(
-        image.digest,
-        image.tags,
-        image.pushed_at,
-        image.storage_class,
-        leader.action,
-        leader.target_storage_class,
-        leader.applied_rule_priority,
-        follows=leader.digest,
+        image, leader.action, leader.target_storage_class, leader.applied_rule_priority, leader.digest
     )
 
 
@@ -855,16 +855,17 @@ def preview(policy: LifecyclePolicy, images: Sequence[ImageFacts], now: datetime
 
 
 def _preview_result(action: PlannedAction) -> PreviewResult:
-    rule_action: RuleAction = {"type": action.action.value}
+    # StrEnum members are the API's strings already (and `.value` is a slow descriptor on Python 3.11).
+    rule_action: RuleAction = {"type": action.action}
     if action.target_storage_class is not None:
-        rule_action["targetStorageClass"] = action.target_storage_class.value
+        rule_action["targetStorageClass"] = action.target_storage_class
     return {
         "imageTags": list(action.tags),
         "imageDigest": action.digest,
         "imagePushedAt": action.pushed_at,
         "action": rule_action,
         "appliedRulePriority": action.applied_rule_priority,
-        "storageClass": action.storage_class.value,
+        "storageClass": action.storage_class,
     }
 
 
@@ -877,7 +878,7 @@ def _preview_summary(actions: Sequence[PlannedAction]) -> PreviewSummary:
     )
     if moving:
         summary["transitioningImageTotalCounts"] = [
-            {"targetStorageClass": target.value, "imageTotalCount": count}
+            {"targetStorageClass": target, "imageTotalCount": count}
             for target, count in sorted(moving.items())
             if target is not None
         ]

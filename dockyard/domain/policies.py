@@ -98,6 +98,11 @@ class PolicyInvalid(DockyardError):
     kind = ErrorKind("DENIED", 400, "InvalidParameterException", _DEFAULT_PROBLEM)
 
 
+def _show(value: object) -> str:
+    """A value as the policy author wrote it (JSON), whatever a decoded document smuggled in."""
+    return json.dumps(value, default=repr)
+
+
 def _invalid(path: str, problem: str) -> NoReturn:
     where = f"{path}: " if path else ""
     raise PolicyInvalid(
@@ -477,6 +482,7 @@ class Condition:
         return _OPERATORS.get(self.base)
 
     def holds(self, request: RequestContext) -> bool:
+        """Whether the request satisfies this condition; the missing-key rules are in the module docstring."""
         actual = request.value(self.key)
         spec = self._spec
         if spec is None:  # only Null has no spec
@@ -484,7 +490,7 @@ class Condition:
         members = (actual,) if isinstance(actual, str) else actual or ()
         if not members:
             return self._absent_outcome(spec)
-        if self.set_operator is None:
+        if self.set_operator is None:  # a multivalued key needs a set operator to be tested at all
             return isinstance(actual, str) and self._holds_for(spec, actual, request)
         results = (self._holds_for(spec, member, request) for member in members)
         return any(results) if self.set_operator is SetOperator.FOR_ANY_VALUE else all(results)
@@ -533,7 +539,7 @@ def _condition_values(raw: object, path: str) -> tuple[str, ...]:
         elif isinstance(item, str | int | float):
             values.append(str(item))
         else:
-            _invalid(path, f"condition values must be strings, numbers or booleans, got {json.dumps(item)}")
+            _invalid(path, f"condition values must be strings, numbers or booleans, got {_show(item)}")
     return tuple(values)
 
 
@@ -543,6 +549,7 @@ def _parse_condition(name: str, key: object, raw: object, path: str, version: st
         _invalid(path, f"condition key {key!r} must look like 'service:Name'")
     values = _condition_values(raw, f"{path}.{key}")
     spec = _OPERATORS.get(base)
+    # Null is the one operator without a spec: its values say whether the key must be absent.
     checker: Callable[[str], object] = spec.check if spec else _parse_bool
     expects = spec.expects if spec else "true or false"
     for value in values:
@@ -740,7 +747,7 @@ def _parse_sid(raw: _Raw, path: str, kind: PolicyKind) -> str | None:
 def _parse_effect(raw: _Raw, path: str) -> Effect:
     effect = raw.get("Effect")
     if effect not in ("Allow", "Deny"):
-        _invalid(f"{path}.Effect", f"must be 'Allow' or 'Deny', got {json.dumps(effect)}")
+        _invalid(f"{path}.Effect", f"must be 'Allow' or 'Deny', got {_show(effect)}")
     return Effect(effect)
 
 
@@ -800,7 +807,7 @@ def _load(source: str | Mapping[str, Any]) -> dict[str, Any]:
 def _parse_version(document: Mapping[str, Any]) -> str:
     version = document.get("Version", DEFAULT_VERSION)
     if version not in VERSIONS:
-        _invalid("Version", f"must be one of {', '.join(VERSIONS)}, got {json.dumps(version)}")
+        _invalid("Version", f"must be one of {', '.join(VERSIONS)}, got {_show(version)}")
     return str(version)
 
 
@@ -833,6 +840,8 @@ class Policy:
     @classmethod
     def parse(cls, source: str | Mapping[str, Any], kind: PolicyKind = "identity") -> Policy:
         """Parse JSON text (or an already decoded object); raises PolicyInvalid naming what is wrong."""
+        if kind not in ("identity", "resource"):
+            raise ValueError(f"kind must be 'identity' or 'resource', not {kind!r}")
         document = _load(source)
         unknown = sorted(set(document) - _POLICY_KEYS)
         if unknown:

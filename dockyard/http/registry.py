@@ -6,6 +6,7 @@ Each route names the ECR action it is authorised against (see docs/authorization
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -213,9 +214,10 @@ class RegistryDoor:
             mounted = await self.try_mount(call, Digest.parse(mount), check_repository_name(source))
             if mounted is not None:
                 return mounted
+        digest = Digest.parse(query["digest"]) if query.get("digest") else None
         upload_id = await run_in_threadpool(self.registry.start_upload, call.ref)
-        if query.get("digest"):
-            return await self.monolithic_upload(call, upload_id, Digest.parse(query["digest"]))
+        if digest is not None:
+            return await self.monolithic_upload(call, upload_id, digest)
         return self.upload_accepted(call.ref, upload_id, 0)
 
     async def try_mount(self, call: Call, digest: Digest, source_name: str) -> Response | None:
@@ -229,10 +231,16 @@ class RegistryDoor:
         return _created(call.ref, "blobs", digest)
 
     async def monolithic_upload(self, call: Call, upload_id: str, digest: Digest) -> Response:
-        appender = await run_in_threadpool(self.registry.begin_append, call.ref, upload_id, 0)
-        received = await receive_into(call.request, appender)
-        self.registry.check_declared_size(_content_length(call.request), received)
-        await run_in_threadpool(self.registry.complete_upload, call.ref, upload_id, digest)
+        """A single POST carrying the whole blob: on any failure its session goes too, leaving nothing behind."""
+        try:
+            appender = await run_in_threadpool(self.registry.begin_append, call.ref, upload_id, 0)
+            received = await receive_into(call.request, appender)
+            self.registry.check_declared_size(_content_length(call.request), received)
+            await run_in_threadpool(self.registry.complete_upload, call.ref, upload_id, digest)
+        except BaseException:
+            with contextlib.suppress(DockyardError):
+                await run_in_threadpool(self.registry.cancel_upload, call.ref, upload_id)
+            raise
         return _created(call.ref, "blobs", digest)
 
     async def upload_status(self, call: Call) -> Response:
