@@ -14,7 +14,6 @@ from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
-from dockyard.domain.repositories import Repositories
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.ecr_api import ECR_TARGET, EcrDoor
 from dockyard.http.metrics import metrics_response
@@ -38,7 +37,7 @@ class Services:
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
         self.authenticator = Authenticator(self.metadata, self.box)
         self.authorizer = Authorizer()
-        self.repositories = Repositories(self.metadata)
+        self.repositories = self.registry.repositories
 
 
 def prepare(settings: Settings) -> Services:

@@ -234,3 +234,23 @@ class LimitExceeded(DockyardError):
 
 class LayersNotFound(DockyardError):
     kind = _kind("BLOB_UNKNOWN", 404, "LayersNotFoundException", "the layer does not exist in the repository")
+
+
+class RepositoryPolicyNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "RepositoryPolicyNotFoundException", "the repository has no policy")
+
+
+class RegistryPolicyNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "RegistryPolicyNotFoundException", "the registry has no policy")
+
+
+class LifecyclePolicyNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "LifecyclePolicyNotFoundException", "the repository has no lifecycle policy")
+
+
+class TemplateAlreadyExists(DockyardError):
+    kind = _kind("DENIED", 400, "TemplateAlreadyExistsException", "the repository creation template already exists")
+
+
+class TemplateNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "TemplateNotFoundException", "the repository creation template does not exist")

@@ -23,7 +23,6 @@ from dockyard.domain.errors import (
     ManifestBlobUnknown,
     ManifestReferenced,
     ManifestUnknown,
-    NameUnknown,
     PaginationNumberInvalid,
     RangeInvalid,
     ReferencedImagesNotFound,
@@ -40,7 +39,7 @@ from dockyard.domain.ports import (
     UploadSession,
     UploadWriter,
 )
-from dockyard.domain.repositories import immutability_guard
+from dockyard.domain.repositories import Repositories, immutability_guard
 
 MAX_PAGE: Final = 1000
 PULL_RECORD_INTERVAL: Final = timedelta(hours=1)
@@ -142,25 +141,17 @@ class Registry:
         self.metadata = metadata
         self.blobs = blobs
         self.clock = clock
-        self.create_on_push = create_on_push
         self.new_id = new_id
         self.hashes = RunningHashes()
+        self.repositories = Repositories(metadata, clock, create_on_push)
 
     # ----------------------------------------------------------------------------------- repositories
 
     def repository(self, ref: RepositoryRef) -> Repository:
-        repository = self.metadata.get_repository(ref)
-        if repository is None:
-            raise NameUnknown(f"repository {ref.name!r} not known to registry", detail={"name": ref.name})
-        return repository
+        return self.repositories.get(ref)
 
     def repository_for_push(self, ref: RepositoryRef) -> Repository:
-        repository = self.metadata.get_repository(ref)
-        if repository is not None:
-            return repository
-        if not self.create_on_push:
-            raise NameUnknown(f"repository {ref.name!r} not known to registry", detail={"name": ref.name})
-        return self.metadata.create_repository(ref, self.clock())[0]
+        return self.repositories.for_push(ref)
 
     def catalog(self, account_id: str, region: str, after: str | None, limit: int) -> Page:
         names = self.metadata.list_repository_names(account_id, region, after, limit + 1)
@@ -274,6 +265,9 @@ class Registry:
     ) -> PushedManifest:
         """Store a parsed manifest under `tags`, atomically, refusing immutable tag moves and missing content."""
         record = self._record(repository, manifest)
+        if self.metadata.get_manifest(repository.id, manifest.digest) is None:
+            count = self.metadata.count_manifests(repository.id)
+            self.repositories.quotas.check(repository.ref.account_id, "images-per-repository", count)
         self.blobs.put_blob(manifest.digest, raw)
         missing = self.metadata.put_manifest(
             repository.id, record, _references(manifest), tags, immutability_guard(repository)

@@ -7,8 +7,10 @@ The module is built in layers so that each can be tested on its own:
   semantics, then checks across rules).
 * `evaluate` is ECR's evaluation and nothing else: the reference algorithm of the lifecycle notes, run over
   every image it is given. Its result is what ECR would do, so it is tested against the notes' vectors alone.
-* `apply_reference_safety` is Dockyard's safety extension, a separate step over `evaluate`'s result: indexes
-  take their children with them, kept indexes keep theirs, referrers follow their subject.
+* `apply_reference_safety` is Dockyard's safety extension, a separate step over `evaluate`'s result: an
+  expired index takes its untagged children with it, a kept index keeps its own, referrers follow their
+  subject.
+
 * `plan` chains the two (and keeps referrers out of the counting); `preview` renders a plan in
   GetLifecyclePolicyPreview's shapes and `preview_to_json` turns those into the AWS JSON protocol's values.
 
@@ -152,6 +154,9 @@ class ImageFacts:
         for value in (self.pushed_at, self.last_pulled_at, self.last_archived_at, self.last_activated_at):
             if value is not None and value.utcoffset() is None:
                 raise ValueError(f"image {self.digest}: timestamps must be timezone-aware")
+        # Tag selection joins tags with newlines; the tag grammar allows neither those nor empty tags.
+        if any(not tag or "\n" in tag for tag in self.tags):
+            raise ValueError(f"image {self.digest}: tags must be non-empty and contain no newline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +482,7 @@ def _check_class_rules(rules: Sequence[Rule]) -> None:
 # per image and list entry. Evaluating 10 rules over 100,000 images stays well under a second.
 
 TagSearch: TypeAlias = Callable[[str], object]
+_PRIORITY: Final = attrgetter("applied_rule_priority")
 _TAG_SEPARATOR: Final = "\n"
 
 
@@ -547,27 +553,25 @@ class _Repository:
 def _index_repository(images: Sequence[ImageFacts]) -> _Repository:
     _require_unique_digests(images)
     pushed = [effective_push_time(image) for image in images]
-    pools: dict[StorageClass, list[int]] = {storage_class: [] for storage_class in StorageClass}
-    untagged: dict[StorageClass, list[int]] = {storage_class: [] for storage_class in StorageClass}
-    tagged: dict[StorageClass, list[int]] = {storage_class: [] for storage_class in StorageClass}
-    for position in _oldest_first(images, pushed):
-        image = images[position]
-        pools[image.storage_class].append(position)
-        (tagged if image.tags else untagged)[image.storage_class].append(position)
+    order = _oldest_first(images, pushed)
+    classes = [image.storage_class for image in images]
     joined = [_TAG_SEPARATOR.join(image.tags) for image in images]
+    pools = {
+        storage_class: [p for p in order if classes[p] is storage_class] for storage_class in StorageClass
+    }
+    untagged = {storage_class: [p for p in pool if not joined[p]] for storage_class, pool in pools.items()}
+    tagged = {storage_class: [p for p in pool if joined[p]] for storage_class, pool in pools.items()}
     return _Repository(images, pushed, joined, pools, untagged, tagged, _referenced_positions(images))
 
 
 def _oldest_first(images: Sequence[ImageFacts], pushed: Sequence[datetime]) -> list[int]:
     """Positions by push time, equal times by digest (ECR leaves ties unspecified; any fixed order does)."""
     stamps = [moment.timestamp() for moment in pushed]  # float keys sort several times faster than datetimes
-    order = sorted(range(len(images)), key=stamps.__getitem__)
-    start = 0
-    for end in range(1, len(order) + 1):
-        if end == len(order) or stamps[order[end]] != stamps[order[start]]:
-            if end - start > 1:
-                order[start:end] = sorted(order[start:end], key=lambda position: images[position].digest)
-            start = end
+    order = list(range(len(images)))
+    if len(set(stamps)) < len(stamps):  # ties: order by digest first, the stable sort below keeps it
+        digests = [image.digest for image in images]
+        order.sort(key=digests.__getitem__)
+    order.sort(key=stamps.__getitem__)
     return order
 
 
@@ -589,7 +593,7 @@ def evaluate(policy: LifecyclePolicy, images: Sequence[ImageFacts], now: datetim
     earlier rules still count; `imageCountMoreThan` keeps the newest N by push time, ties broken by digest).
     A candidate is acted on unless an earlier rule matched it (acted on or not: matching protects) or an
     index among `images` lists it. Every image counts here, referrers included; `plan` is what Dockyard runs.
-    Returns one action per image acted on, ordered by rule priority, then `pushed_at`, then digest.
+    Returns one action per image acted on, by rule priority, then in the rule's count order (oldest first).
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -602,7 +606,7 @@ def evaluate(policy: LifecyclePolicy, images: Sequence[ImageFacts], now: datetim
             if position not in claimed and position not in repository.referenced:
                 actions.append(_planned(images[position], rule))
         claimed.update(matched)
-    return _sorted_plan(actions)
+    return actions
 
 
 def _matched(rule: Rule, repository: _Repository) -> Sequence[int]:
@@ -647,15 +651,6 @@ def _older(time: datetime | None, threshold: datetime) -> bool:
 
 def _planned(image: ImageFacts, rule: Rule) -> PlannedAction:
     return PlannedAction(image, rule.action, rule.target_storage_class, rule.priority)
-
-
-def _sorted_plan(actions: Iterable[PlannedAction]) -> list[PlannedAction]:
-    # Three stable single-key sorts: far cheaper than tuple keys holding datetimes, and near-linear on the
-    # almost sorted lists evaluation produces.
-    ordered = sorted(actions, key=attrgetter("image.digest"))
-    ordered.sort(key=attrgetter("image.pushed_at"))
-    ordered.sort(key=attrgetter("applied_rule_priority"))
-    return ordered
 
 
 # ========================================================================= Dockyard's safety extension
@@ -731,8 +726,10 @@ def apply_reference_safety(
     * a referrer (an image with `subject_digest`) shares its subject's fate: expired with it, transitioned
       with it (if the referrer is in the standard class), kept otherwise, whatever rules said about it. A
       referrer whose subject is absent is kept;
-    * a manifest whose indexes are all expired is expired with them (ECR would only do so a day later, in
-      its next run, once the index is gone);
+    * an untagged manifest whose indexes are all expired is expired with them (ECR would only do so in a
+      later run, once the indexes are gone). A tagged one is an image in its own right: it is left to the
+      rules, which skipped it this time because an index listed it;
+
     * a manifest listed by an index that is kept is never acted on, and one listed by an index being
       transitioned is never expired: no kept image loses a manifest it references.
 
@@ -742,10 +739,11 @@ def apply_reference_safety(
     own = {action.digest: action for action in actions}
     fates: dict[str, PlannedAction | None] = dict(own)
     for digest in graph.dependent:
-        fates[digest] = None  # kept unless settled below, so images on a cycle stay kept
+        fates.setdefault(digest, None)  # kept unless settled below, so images on a cycle stay kept
     for digest in _settling_order(graph):
         fates[digest] = _settle(graph, graph.dependent[digest], own.get(digest), fates)
-    return _sorted_plan(action for action in fates.values() if action is not None)
+    # Input order, then followers in image order; a stable sort groups them by rule priority.
+    return sorted((action for action in fates.values() if action is not None), key=_PRIORITY)
 
 
 def _settle(
@@ -761,7 +759,7 @@ def _settle(
     if not parent_fates:
         return fate
     expiring = [parent for parent in parent_fates if parent is not None and _expires(parent)]
-    if image.subject_digest is None and len(expiring) == len(parent_fates):
+    if image.subject_digest is None and not image.tags and len(expiring) == len(parent_fates):
         # Every index listing it goes: the manifest goes with the highest-priority one.
         fate = _follow(image, min(expiring, key=lambda parent: (parent.applied_rule_priority, parent.digest)))
     return _within_parents(fate, parent_fates)

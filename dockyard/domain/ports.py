@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from dockyard.domain.names import Digest, RepositoryRef
 
@@ -70,6 +70,24 @@ class ManifestReference:
 
     digest: Digest
     is_manifest: bool
+
+
+@dataclass(frozen=True)
+class Document:
+    """A JSON document kept verbatim (policies, configurations), with when it was last written."""
+
+    text: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Template:
+    """A repository creation template: the settings given to repositories created under `prefix`."""
+
+    prefix: str
+    document: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,36 @@ class ManifestStore(Protocol):
     ) -> list[ManifestRecord]: ...
 
 
+class DocumentStore(Protocol):
+    def get_repository_document(self, repository_id: int, kind: str) -> Document | None: ...
+
+    def put_repository_document(self, repository_id: int, kind: str, text: str, now: datetime) -> None: ...
+
+    def delete_repository_document(self, repository_id: int, kind: str) -> bool: ...
+
+    def get_registry_document(self, account_id: str, region: str, kind: str) -> Document | None: ...
+
+    def put_registry_document(self, account_id: str, region: str, kind: str, text: str, now: datetime) -> None: ...
+
+    def delete_registry_document(self, account_id: str, region: str, kind: str) -> bool: ...
+
+
+class TemplateStore(Protocol):
+    def list_templates(self, account_id: str, region: str) -> list[Template]: ...
+
+    def put_template(self, account_id: str, region: str, template: Template, create: bool) -> bool: ...
+
+    def delete_template(self, account_id: str, region: str, prefix: str) -> bool: ...
+
+
+class QuotaStore(Protocol):
+    def get_quota(self, account_id: str, name: str) -> int | None: ...
+
+    def set_quota(self, account_id: str, name: str, value: int) -> None: ...
+
+    def count_repositories(self, account_id: str, region: str) -> int: ...
+
+
 class CredentialStore(Protocol):
     def get_credential(self, access_key_id: str) -> Credential | None: ...
 
@@ -238,5 +286,15 @@ class CredentialStore(Protocol):
     def root_credential_ids(self, account_id: str) -> list[str]: ...
 
 
-class MetadataStore(RepositoryStore, BlobLinkStore, UploadStore, ManifestStore, CredentialStore, Protocol):
+class MetadataStore(
+    RepositoryStore,
+    BlobLinkStore,
+    UploadStore,
+    ManifestStore,
+    DocumentStore,
+    TemplateStore,
+    QuotaStore,
+    CredentialStore,
+    Protocol,
+):
     """Everything the registry core keeps about content; SQLite or PostgreSQL behind the same code."""

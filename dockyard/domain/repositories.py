@@ -12,13 +12,19 @@ from dockyard.domain.errors import (
     ImageTagAlreadyExists,
     InvalidParameter,
     InvalidTagParameter,
+    LifecyclePolicyNotFound,
     NameUnknown,
     RepositoryAlreadyExists,
     RepositoryNotEmpty,
+    RepositoryPolicyNotFound,
     TooManyTags,
 )
+from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name
-from dockyard.domain.ports import MetadataStore, Repository, RepositorySettings, TagGuard
+from dockyard.domain.policies import Policy
+from dockyard.domain.ports import Document, MetadataStore, Repository, RepositorySettings, TagGuard
+from dockyard.domain.quotas import Quotas
+from dockyard.domain.templates import Templates, settings_of
 
 MUTABILITIES: Final = frozenset({"MUTABLE", "IMMUTABLE", "IMMUTABLE_WITH_EXCLUSION", "MUTABLE_WITH_EXCLUSION"})
 _WITH_EXCLUSION: Final = frozenset({"IMMUTABLE_WITH_EXCLUSION", "MUTABLE_WITH_EXCLUSION"})
@@ -89,12 +95,19 @@ def check_resource_tags(tags: Sequence[tuple[str, str]], existing: int = 0) -> d
     return result
 
 
+REPOSITORY_POLICY: Final = "repository-policy"
+LIFECYCLE_POLICY: Final = "lifecycle-policy"
+
+
 class Repositories:
     """Repository lifecycle, shared by the ECR API and the registry door's create-on-push."""
 
-    def __init__(self, metadata: MetadataStore, clock: Clock = utc_now) -> None:
+    def __init__(self, metadata: MetadataStore, clock: Clock = utc_now, create_on_push: bool = True) -> None:
         self.metadata = metadata
         self.clock = clock
+        self.quotas = Quotas(metadata)
+        self.templates = Templates(metadata, clock)
+        self.create_on_push = create_on_push
 
     def get(self, ref: RepositoryRef) -> Repository:
         repository = self.metadata.get_repository(ref)
@@ -111,6 +124,8 @@ class Repositories:
         check_repository_name(ref.name)
         check_settings(settings)
         resource_tags = check_resource_tags(tags)
+        count = self.metadata.count_repositories(ref.account_id, ref.region)
+        self.quotas.check(ref.account_id, "repositories-per-region", count)
         repository, created = self.metadata.create_repository(ref, self.clock(), settings)
         if not created:
             raise RepositoryAlreadyExists(
@@ -119,6 +134,31 @@ class Repositories:
         if resource_tags:
             self.metadata.set_resource_tags(repository.id, resource_tags, ())
         return repository
+
+    def for_push(self, ref: RepositoryRef) -> Repository:
+        """The repository a push goes to, created on first push when a creation template (or the server's
+        create-on-push setting) allows it; a template's settings, tags and policies are applied."""
+        repository = self.metadata.get_repository(ref)
+        if repository is not None:
+            return repository
+        template = self.templates.for_push(ref.account_id, ref.region, ref.name)
+        if template is None and not self.create_on_push:
+            return self.get(ref)  # raises NameUnknown
+        settings = settings_of(template) if template else RepositorySettings()
+        tags = [(t["Key"], t.get("Value", "")) for t in template.document.get("resourceTags", [])] if template else []
+        try:
+            repository = self.create(ref, settings, tags)
+        except RepositoryAlreadyExists:
+            return self.get(ref)  # a concurrent push created it first
+        if template is not None:
+            self._apply_template_documents(repository, template.document)
+        return repository
+
+    def _apply_template_documents(self, repository: Repository, document: dict[str, object]) -> None:
+        if isinstance(document.get("repositoryPolicy"), str):
+            self.set_policy(repository.ref, str(document["repositoryPolicy"]))
+        if isinstance(document.get("lifecyclePolicy"), str):
+            self.set_lifecycle_policy(repository.ref, str(document["lifecyclePolicy"]))
 
     def list(self, account_id: str, region: str, after: str | None, limit: int) -> list[Repository]:
         return self.metadata.list_repositories(account_id, region, after, limit)
@@ -158,3 +198,41 @@ class Repositories:
 
     def untag(self, ref: RepositoryRef, keys: Sequence[str]) -> None:
         self.metadata.set_resource_tags(self.get(ref).id, {}, keys)
+
+    # ------------------------------------------------------------------------------------ documents
+
+    def set_policy(self, ref: RepositoryRef, text: str) -> str:
+        Policy.parse(text, kind="resource")
+        self.metadata.put_repository_document(self.get(ref).id, REPOSITORY_POLICY, text, self.clock())
+        return text
+
+    def policy(self, ref: RepositoryRef) -> Document:
+        document = self.metadata.get_repository_document(self.get(ref).id, REPOSITORY_POLICY)
+        if document is None:
+            raise RepositoryPolicyNotFound(_no_policy("Repository policy", ref))
+        return document
+
+    def delete_policy(self, ref: RepositoryRef) -> Document:
+        document = self.policy(ref)
+        self.metadata.delete_repository_document(self.get(ref).id, REPOSITORY_POLICY)
+        return document
+
+    def set_lifecycle_policy(self, ref: RepositoryRef, text: str) -> str:
+        parse_policy(text)
+        self.metadata.put_repository_document(self.get(ref).id, LIFECYCLE_POLICY, text, self.clock())
+        return text
+
+    def lifecycle_policy(self, ref: RepositoryRef) -> Document:
+        document = self.metadata.get_repository_document(self.get(ref).id, LIFECYCLE_POLICY)
+        if document is None:
+            raise LifecyclePolicyNotFound(_no_policy("Lifecycle policy", ref))
+        return document
+
+    def delete_lifecycle_policy(self, ref: RepositoryRef) -> Document:
+        document = self.lifecycle_policy(ref)
+        self.metadata.delete_repository_document(self.get(ref).id, LIFECYCLE_POLICY)
+        return document
+
+
+def _no_policy(what: str, ref: RepositoryRef) -> str:
+    return f"{what} does not exist for the repository with name '{ref.name}' in the registry with id '{ref.account_id}'"

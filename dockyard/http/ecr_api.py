@@ -23,9 +23,13 @@ from dockyard.domain.errors import DockyardError, InvalidParameter, NameUnknown,
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
 from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
 from dockyard.domain.images import Registry
+from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.names import Digest, RepositoryRef
-from dockyard.domain.ports import ImageRow, Repository, RepositorySettings
-from dockyard.domain.repositories import Repositories
+from dockyard.domain.policies import Policy
+from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, Template
+from dockyard.domain.registries import REPLICATION, SCANNING, Registries
+from dockyard.domain.repositories import Repositories, check_settings
+from dockyard.domain.templates import settings_of
 from dockyard.http import aws_json
 from dockyard.http.errors import log
 from dockyard.http.metrics import LATENCY, REQUESTS
@@ -72,6 +76,7 @@ class EcrDoor:
         self.registry = registry
         self.repositories = repositories
         self.images = ImageOperations(registry)
+        self.registries = Registries(registry.metadata, registry.clock)
         self.authenticator = authenticator
         self.login_tokens = login_tokens
         self.authorizer = authorizer
@@ -222,7 +227,8 @@ class EcrDoor:
         return {"tags": [{"Key": key, "Value": value} for key, value in sorted(tags.items())]}
 
     def describe_registry(self, call: EcrCall) -> dict[str, Any]:
-        return {"registryId": call.account, "replicationConfiguration": {"rules": []}}
+        replication = self.registries.configuration(call.account, call.region, REPLICATION, {"rules": []})
+        return {"registryId": call.account, "replicationConfiguration": replication}
 
     def get_authorization_token(self, call: EcrCall) -> dict[str, Any]:
         registries = call.params.get("registryIds") or [call.principal.account_id]
@@ -238,6 +244,107 @@ class EcrDoor:
                 }
             )
         return {"authorizationData": data}
+
+    # ------------------------------------------------------------------------------------------ policies
+
+    def _repository_document(self, call: EcrCall, text: str, **extra: Any) -> dict[str, Any]:
+        return {"registryId": call.account, "repositoryName": call.params["repositoryName"], **extra}
+
+    def set_repository_policy(self, call: EcrCall) -> dict[str, Any]:
+        text = self._guard_repository(call, lambda: self.repositories.set_policy(call.ref(), call.params["policyText"]))
+        return self._repository_document(call, text, policyText=text)
+
+    def get_repository_policy(self, call: EcrCall) -> dict[str, Any]:
+        document = self._guard_repository(call, lambda: self.repositories.policy(call.ref()))
+        return self._repository_document(call, document.text, policyText=document.text)
+
+    def delete_repository_policy(self, call: EcrCall) -> dict[str, Any]:
+        document = self._guard_repository(call, lambda: self.repositories.delete_policy(call.ref()))
+        return self._repository_document(call, document.text, policyText=document.text)
+
+    def put_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
+        text = call.params["lifecyclePolicyText"]
+        self._guard_repository(call, lambda: self.repositories.set_lifecycle_policy(call.ref(), text))
+        return self._repository_document(call, text, lifecyclePolicyText=text)
+
+    def get_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
+        document = self._guard_repository(call, lambda: self.repositories.lifecycle_policy(call.ref()))
+        return self._repository_document(call, document.text, lifecyclePolicyText=document.text)
+
+    def delete_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
+        document = self._guard_repository(call, lambda: self.repositories.delete_lifecycle_policy(call.ref()))
+        return self._repository_document(call, document.text, lifecyclePolicyText=document.text)
+
+    def put_registry_policy(self, call: EcrCall) -> dict[str, Any]:
+        text = self.registries.set_policy(call.account, call.region, call.params["policyText"])
+        return {"registryId": call.account, "policyText": text}
+
+    def get_registry_policy(self, call: EcrCall) -> dict[str, Any]:
+        return {"registryId": call.account, "policyText": self.registries.policy(call.account, call.region).text}
+
+    def delete_registry_policy(self, call: EcrCall) -> dict[str, Any]:
+        document = self.registries.delete_policy(call.account, call.region)
+        return {"registryId": call.account, "policyText": document.text}
+
+    # ------------------------------------------------------------------------------------------ registry
+
+    def put_replication_configuration(self, call: EcrCall) -> dict[str, Any]:
+        configuration = _jsonable(call.params["replicationConfiguration"])
+        self.registries.set_configuration(call.account, call.region, REPLICATION, configuration)
+        return {"replicationConfiguration": configuration}
+
+    def put_registry_scanning_configuration(self, call: EcrCall) -> dict[str, Any]:
+        configuration = {"scanType": call.params.get("scanType", "BASIC"), "rules": call.params.get("rules", [])}
+        self.registries.set_configuration(call.account, call.region, SCANNING, _jsonable(configuration))
+        return {"registryScanningConfiguration": configuration}
+
+    def get_registry_scanning_configuration(self, call: EcrCall) -> dict[str, Any]:
+        default = {"scanType": "BASIC", "rules": []}
+        configuration = self.registries.configuration(call.account, call.region, SCANNING, default)
+        return {"registryId": call.account, "scanningConfiguration": configuration}
+
+    # ------------------------------------------------------------------------------------------ templates
+
+    def create_repository_creation_template(self, call: EcrCall) -> dict[str, Any]:
+        document = self._template_document(call)
+        template = self.repositories.templates.create(call.account, call.region, call.params["prefix"], document)
+        return {"registryId": call.account, "repositoryCreationTemplate": _template_shape(template)}
+
+    def update_repository_creation_template(self, call: EcrCall) -> dict[str, Any]:
+        changes = self._template_document(call)
+        template = self.repositories.templates.update(call.account, call.region, call.params["prefix"], changes)
+        return {"registryId": call.account, "repositoryCreationTemplate": _template_shape(template)}
+
+    def delete_repository_creation_template(self, call: EcrCall) -> dict[str, Any]:
+        template = self.repositories.templates.delete(call.account, call.region, call.params["prefix"])
+        return {"registryId": call.account, "repositoryCreationTemplate": _template_shape(template)}
+
+    def describe_repository_creation_templates(self, call: EcrCall) -> dict[str, Any]:
+        after, limit = _page(call)
+        wanted = call.params.get("prefixes")
+        templates = [
+            t
+            for t in self.repositories.templates.list(call.account, call.region)
+            if (wanted is None or t.prefix in wanted) and (after is None or t.prefix > after)
+        ]
+        next_token = _token(templates[limit - 1].prefix) if len(templates) > limit else None
+        return {
+            "registryId": call.account,
+            "repositoryCreationTemplates": [_template_shape(t) for t in templates[:limit]],
+            "nextToken": next_token,
+        }
+
+    def _template_document(self, call: EcrCall) -> dict[str, Any]:
+        """The template's members as stored, validated as CreateRepository would validate them."""
+        document = {k: v for k, v in call.params.items() if k not in ("prefix", "registryId")}
+        now = self.registry.clock()
+        check_settings(settings_of(Template(call.params["prefix"], document, now, now)))
+        if "repositoryPolicy" in document:
+            Policy.parse(document["repositoryPolicy"], kind="resource")
+        if "lifecyclePolicy" in document:
+            parse_policy(document["lifecyclePolicy"])
+        stored: dict[str, Any] = _jsonable(document)
+        return stored
 
     # ------------------------------------------------------------------------------------------ images
 
@@ -455,6 +562,21 @@ def _failure_shape(failure: ImageFailure) -> dict[str, Any]:
         "imageId": _image_id_shape(failure.image_id),
         "failureCode": failure.code,
         "failureReason": failure.reason,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Validated parameters back to plain JSON (timestamps as epoch seconds) for storage."""
+    plain: Any = json.loads(json.dumps(value, default=lambda item: item.timestamp()))
+    return plain
+
+
+def _template_shape(template: Template) -> dict[str, Any]:
+    return {
+        "prefix": template.prefix,
+        **template.document,
+        "createdAt": template.created_at,
+        "updatedAt": template.updated_at,
     }
 
 

@@ -11,6 +11,11 @@ Schema (owned here; Alembic migrations in storage/migrations mirror it):
     manifest_references  edges manifest -> blob / child manifest, for validation, deletes and GC
     tags                 (repository, tag) -> manifest digest; last writer wins
     uploads              upload sessions in progress (their bytes live in the blob store)
+    repository_tags      resource tags (Key/Value) of repositories
+    repository_documents per-repository JSON documents by kind (lifecycle policy, repository policy)
+    registry_documents   per-registry (account, region) JSON documents by kind (registry policy, replication…)
+    creation_templates   repository creation templates by prefix
+    quotas               per-account quota overrides
 
 Every method returns the frozen value objects of `dockyard.domain.ports`.
 """
@@ -56,12 +61,14 @@ from sqlalchemy.sql.dml import Insert
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import (
     Credential,
+    Document,
     ImageRow,
     ManifestRecord,
     ManifestReference,
     Repository,
     RepositorySettings,
     TagGuard,
+    Template,
     UploadSession,
 )
 
@@ -190,6 +197,44 @@ tags = Table(
     Index("ix_tags_digest", "repository_id", "digest"),
 )
 
+repository_documents = Table(
+    "repository_documents",
+    metadata_obj,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(64), primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+registry_documents = Table(
+    "registry_documents",
+    metadata_obj,
+    Column("account_id", String(12), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("region", String(32), primary_key=True),
+    Column("kind", String(64), primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+creation_templates = Table(
+    "creation_templates",
+    metadata_obj,
+    Column("account_id", String(12), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("region", String(32), primary_key=True),
+    Column("prefix", String(256), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+quotas = Table(
+    "quotas",
+    metadata_obj,
+    Column("account_id", String(12), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 uploads = Table(
     "uploads",
     metadata_obj,
@@ -312,7 +357,15 @@ class SqlMetadataStore:
 
     def delete_repository(self, repository_id: int) -> None:
         with self._write() as connection:
-            for table in (tags, manifest_references, manifests, repository_blobs, uploads, repository_tags):
+            for table in (
+                tags,
+                manifest_references,
+                manifests,
+                repository_blobs,
+                uploads,
+                repository_tags,
+                repository_documents,
+            ):
                 connection.execute(delete(table).where(table.c.repository_id == repository_id))
             connection.execute(delete(repositories).where(repositories.c.id == repository_id))
 
@@ -595,6 +648,127 @@ class SqlMetadataStore:
         with self._read() as connection:
             return [_manifest_record(row) for row in connection.execute(query)]
 
+    # ------------------------------------------------------------------------------------ documents
+
+    def get_repository_document(self, repository_id: int, kind: str) -> Document | None:
+        table = repository_documents
+        query = select(table.c.text, table.c.updated_at).where(
+            table.c.repository_id == repository_id, table.c.kind == kind
+        )
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else Document(row.text, row.updated_at)
+
+    def put_repository_document(self, repository_id: int, kind: str, text: str, now: datetime) -> None:
+        self._upsert(
+            repository_documents, {"repository_id": repository_id, "kind": kind}, {"text": text, "updated_at": now}
+        )
+
+    def delete_repository_document(self, repository_id: int, kind: str) -> bool:
+        table = repository_documents
+        with self._write() as connection:
+            result = connection.execute(
+                delete(table).where(table.c.repository_id == repository_id, table.c.kind == kind)
+            )
+        return result.rowcount > 0
+
+    def get_registry_document(self, account_id: str, region: str, kind: str) -> Document | None:
+        table = registry_documents
+        query = select(table.c.text, table.c.updated_at).where(
+            table.c.account_id == account_id, table.c.region == region, table.c.kind == kind
+        )
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else Document(row.text, row.updated_at)
+
+    def put_registry_document(self, account_id: str, region: str, kind: str, text: str, now: datetime) -> None:
+        keys = {"account_id": account_id, "region": region, "kind": kind}
+        self._upsert(registry_documents, keys, {"text": text, "updated_at": now})
+
+    def delete_registry_document(self, account_id: str, region: str, kind: str) -> bool:
+        table = registry_documents
+        with self._write() as connection:
+            result = connection.execute(
+                delete(table).where(table.c.account_id == account_id, table.c.region == region, table.c.kind == kind)
+            )
+        return result.rowcount > 0
+
+    def _upsert(self, table: Table, keys: dict[str, Any], values: dict[str, Any]) -> None:
+        statement = self._insert(table).values(**keys, **values)
+        with self._write() as connection:
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c[name] for name in keys],
+                    set_={name: statement.excluded[name] for name in values},
+                )
+            )
+
+    # ------------------------------------------------------------------------------------ templates
+
+    def list_templates(self, account_id: str, region: str) -> list[Template]:
+        table = creation_templates
+        query = select(table).where(table.c.account_id == account_id, table.c.region == region).order_by(table.c.prefix)
+        with self._read() as connection:
+            return [_template(row) for row in connection.execute(query)]
+
+    def put_template(self, account_id: str, region: str, template: Template, create: bool) -> bool:
+        """Insert (create=True; False when the prefix exists) or replace (create=False; False when absent)."""
+        table = creation_templates
+        row = {
+            "document": json.dumps(template.document),
+            "updated_at": template.updated_at,
+        }
+        with self._write() as connection:
+            if create:
+                result = connection.execute(
+                    self._insert_ignore(table).values(
+                        account_id=account_id,
+                        region=region,
+                        prefix=template.prefix,
+                        created_at=template.created_at,
+                        **row,
+                    )
+                )
+            else:
+                result = connection.execute(
+                    update(table)
+                    .where(
+                        table.c.account_id == account_id, table.c.region == region, table.c.prefix == template.prefix
+                    )
+                    .values(**row)
+                )
+        return result.rowcount > 0
+
+    def delete_template(self, account_id: str, region: str, prefix: str) -> bool:
+        table = creation_templates
+        with self._write() as connection:
+            result = connection.execute(
+                delete(table).where(
+                    table.c.account_id == account_id, table.c.region == region, table.c.prefix == prefix
+                )
+            )
+        return result.rowcount > 0
+
+    # ------------------------------------------------------------------------------------ quotas
+
+    def get_quota(self, account_id: str, name: str) -> int | None:
+        query = select(quotas.c.value).where(quotas.c.account_id == account_id, quotas.c.name == name)
+        with self._read() as connection:
+            value = connection.execute(query).scalar()
+        return None if value is None else int(value)
+
+    def set_quota(self, account_id: str, name: str, value: int) -> None:
+        self._upsert(quotas, {"account_id": account_id, "name": name}, {"value": value})
+
+    def count_repositories(self, account_id: str, region: str) -> int:
+        query = (
+            select(func.count())
+            .select_from(repositories)
+            .where(repositories.c.account_id == account_id, repositories.c.region == region)
+        )
+        with self._read() as connection:
+            return int(connection.execute(query).scalar_one())
+
     # ------------------------------------------------------------------------------------ credentials
 
     def get_credential(self, access_key_id: str) -> Credential | None:
@@ -657,6 +831,10 @@ def _manifest_record(row: Any) -> ManifestRecord:
         config_media_type=row.config_media_type,
         last_pulled_at=row.last_pulled_at,
     )
+
+
+def _template(row: Any) -> Template:
+    return Template(row.prefix, json.loads(row.document), row.created_at, row.updated_at)
 
 
 def _settings_row(settings: RepositorySettings) -> dict[str, Any]:

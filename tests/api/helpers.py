@@ -19,7 +19,6 @@ EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61
 ABSENT = "sha256:" + "0" * 64
 
 
-
 def sha512(data: bytes) -> str:
     return "sha512:" + hashlib.sha512(data).hexdigest()
 

@@ -82,16 +82,29 @@ def test_get_errors_have_the_oci_shape_at_the_asgi_level(client: TestClient, ser
     assert body.startswith(b'{"errors": [{"code": "NAME_UNKNOWN"')
 
 
-@pytest.mark.parametrize(
-    "authorization",
-    [None, "Basic bm9ib2R5Om5vdGhpbmc=", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(), "Bearer x"],
-)
-@pytest.mark.parametrize("path", ["/v2/", "/v2/team/app/tags/list", f"/v2/team/app/blobs/{ABSENT}"])
-def test_missing_or_bad_credentials_are_challenged(anonymous: TestClient, authorization: str | None, path: str) -> None:
+def basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+BAD_AUTHORIZATIONS = {
+    "none": None,
+    "unknown-key": basic(b"nobody:nothing"),
+    "not-base64": "Basic !!!",
+    "no-colon": basic(b"nocolon"),
+    "not-utf8": basic(b"\xff:\xfe"),
+    "bearer": "Bearer x",
+    "ecr-token-garbage": basic(b"AWS:not-a-token"),
+    "ecr-token-non-ascii": basic("AWS:forged.tökén".encode()),
+}
+
+
+@pytest.mark.parametrize("authorization", BAD_AUTHORIZATIONS.values(), ids=BAD_AUTHORIZATIONS.keys())
+def test_missing_or_bad_credentials_are_challenged(anonymous: TestClient, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    response = anonymous.get(path, headers=headers)
-    errors_of(response, 401, "UNAUTHORIZED")
-    assert response.headers["www-authenticate"].startswith('Basic realm="')
+    for path in ["/v2/", "/v2/team/app/tags/list", f"/v2/team/app/blobs/{ABSENT}"]:
+        response = anonymous.get(path, headers=headers)
+        errors_of(response, 401, "UNAUTHORIZED")
+        assert response.headers["www-authenticate"].startswith('Basic realm="')
 
 
 def test_errors_carry_the_api_version_header(client: TestClient) -> None:
@@ -132,8 +145,10 @@ def test_successful_heads_send_no_body_but_the_real_length(client: TestClient, s
     push_image(client, "team/app")
     manifest = client.get("/v2/team/app/manifests/latest")
     layer = manifest.json()["layers"][0]
-    for path, size in [("/v2/team/app/manifests/latest", len(manifest.content)),
-                       (f"/v2/team/app/blobs/{layer['digest']}", layer["size"])]:  # fmt: skip
+    for path, size in [
+        ("/v2/team/app/manifests/latest", len(manifest.content)),
+        (f"/v2/team/app/blobs/{layer['digest']}", layer["size"]),
+    ]:
         code, headers, body = raw_request(services, "HEAD", path, {"authorization": AUTH})
         assert (code, body) == (200, b"")
         assert headers["content-length"] == str(size)

@@ -37,9 +37,7 @@ def oci_image(client: TestClient) -> tuple[bytes, str]:
 
 
 def docker_image(client: TestClient) -> tuple[bytes, str]:
-    raw = image_manifest(
-        REPO, client, media_type=DOCKER_MANIFEST, config_type=DOCKER_CONFIG, layer_type=DOCKER_LAYER
-    )
+    raw = image_manifest(REPO, client, media_type=DOCKER_MANIFEST, config_type=DOCKER_CONFIG, layer_type=DOCKER_LAYER)
     return raw, DOCKER_MANIFEST
 
 
@@ -73,9 +71,7 @@ def document(request: pytest.FixtureRequest, client: TestClient) -> tuple[bytes,
 
 
 @pytest.mark.parametrize("by", ["tag", "digest"])
-def test_push_then_pull_returns_identical_bytes(
-    client: TestClient, document: tuple[bytes, str], by: str
-) -> None:
+def test_push_then_pull_returns_identical_bytes(client: TestClient, document: tuple[bytes, str], by: str) -> None:
     raw, media_type = document
     digest = sha256(raw)
     reference = "v1" if by == "tag" else digest
@@ -120,8 +116,9 @@ def test_content_type_parameters_are_ignored(client: TestClient) -> None:
 
 def test_manifest_without_media_type_takes_the_content_type(client: TestClient) -> None:
     push_blob(client, REPO, b"{}")
-    raw = json.dumps({"schemaVersion": 2, "config": {"mediaType": EMPTY_JSON, "digest": EMPTY_DIGEST, "size": 2},
-                      "layers": []}).encode()  # fmt: skip
+    raw = json.dumps(
+        {"schemaVersion": 2, "config": {"mediaType": EMPTY_JSON, "digest": EMPTY_DIGEST, "size": 2}, "layers": []}
+    ).encode()
     assert put_manifest(client, REPO, "v1", raw, OCI_MANIFEST).status_code == 201
     assert client.get(f"/v2/{REPO}/manifests/v1").headers["content-type"] == OCI_MANIFEST
 
@@ -162,18 +159,35 @@ def test_manifest_is_scoped_to_its_repository(client: TestClient) -> None:
 
 def test_foreign_layers_need_not_be_uploaded(client: TestClient) -> None:
     push_blob(client, REPO, b"config")
-    foreign = {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": ABSENT,
-               "size": 10, "urls": ["https://example.com/layer"]}  # fmt: skip
-    raw = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "layers": [foreign],
-                      "config": {"mediaType": DOCKER_CONFIG, "digest": sha256(b"config"), "size": 6}}).encode()  # fmt: skip
+    foreign = {
+        "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "digest": ABSENT,
+        "size": 10,
+        "urls": ["https://example.com/layer"],
+    }
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "layers": [foreign],
+            "config": {"mediaType": DOCKER_CONFIG, "digest": sha256(b"config"), "size": 6},
+        }
+    ).encode()
     assert put_manifest(client, REPO, "win", raw, DOCKER_MANIFEST).status_code == 201
 
 
 def test_artifact_using_the_empty_blob_twice(client: TestClient) -> None:
     push_blob(client, REPO, b"{}")
     empty = {"mediaType": EMPTY_JSON, "digest": EMPTY_DIGEST, "size": 2}
-    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.demo",
-                      "config": empty, "layers": [empty]}).encode()  # fmt: skip
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/x.demo",
+            "config": empty,
+            "layers": [empty],
+        }
+    ).encode()
     assert put_manifest(client, REPO, "artifact", raw).status_code == 201
 
 
@@ -243,18 +257,39 @@ def test_blob_deleted_from_repository_is_missing(client: TestClient) -> None:
         (b"not json", OCI_MANIFEST),
         (b"[1, 2]", OCI_MANIFEST),
         (b"", OCI_MANIFEST),
-        (b'{"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}',
-         "application/vnd.docker.distribution.manifest.v1+prettyjws"),  # fmt: skip
+        (
+            b'{"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}',
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
         (b'{"schemaVersion": 1, "fsLayers": []}', "application/vnd.docker.distribution.manifest.v1+json"),
         (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode(), OCI_MANIFEST),
         (json.dumps({"schemaVersion": 2, "config": {}, "layers": []}).encode(), DOCKER_MANIFEST),
         (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(), OCI_MANIFEST),
-        (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "config": {
-            "mediaType": EMPTY_JSON, "digest": "sha256:nothex", "size": 2}}).encode(), OCI_MANIFEST),  # fmt: skip
+        (
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "layers": [],
+                    "config": {"mediaType": EMPTY_JSON, "digest": "sha256:nothex", "size": 2},
+                }
+            ).encode(),
+            OCI_MANIFEST,
+        ),
         (json.dumps({"schemaVersion": 2, "mediaType": "text/plain", "manifests": []}).encode(), "text/plain"),
     ],
-    ids=["garbage", "array", "empty", "schema1-signed", "schema1", "type-mismatch", "docker-unnamed",
-         "no-config", "bad-descriptor", "unknown-type"],  # fmt: skip
+    ids=[
+        "garbage",
+        "array",
+        "empty",
+        "schema1-signed",
+        "schema1",
+        "type-mismatch",
+        "docker-unnamed",
+        "no-config",
+        "bad-descriptor",
+        "unknown-type",
+    ],
 )
 def test_invalid_manifest(client: TestClient, body: bytes, content_type: str) -> None:
     errors_of(put_manifest(client, REPO, "v1", body, content_type), 400, "MANIFEST_INVALID")
@@ -266,8 +301,13 @@ def test_deeply_nested_json_is_manifest_invalid(client: TestClient) -> None:
 
 def _padded_manifest(client: TestClient, total: int) -> bytes:
     push_blob(client, REPO, b"{}")
-    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "annotations": {"pad": ""},
-                "config": {"mediaType": EMPTY_JSON, "digest": EMPTY_DIGEST, "size": 2}}  # fmt: skip
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "layers": [],
+        "annotations": {"pad": ""},
+        "config": {"mediaType": EMPTY_JSON, "digest": EMPTY_DIGEST, "size": 2},
+    }
     raw = json.dumps(document).encode()
     document["annotations"] = {"pad": "x" * (total - len(raw))}
     raw = json.dumps(document).encode()

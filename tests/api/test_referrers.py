@@ -48,8 +48,12 @@ def push_referrer(
     response = put_manifest(client, REPO, sha256(raw), raw)
     assert response.status_code == 201
     assert response.headers["oci-subject"] == subject
-    expected = {"mediaType": OCI_MANIFEST, "digest": sha256(raw), "size": len(raw),
-                "artifactType": artifact_type or config_type}  # fmt: skip
+    expected = {
+        "mediaType": OCI_MANIFEST,
+        "digest": sha256(raw),
+        "size": len(raw),
+        "artifactType": artifact_type or config_type,
+    }
     if annotations:
         expected["annotations"] = annotations
     return expected
@@ -93,8 +97,14 @@ def test_artifact_type_falls_back_to_config_media_type(client: TestClient, subje
 
 
 def test_index_referrer_without_artifact_type_has_none(client: TestClient, subject: str) -> None:
-    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
-                      "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}}).encode()  # fmt: skip
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+        }
+    ).encode()
     assert put_manifest(client, REPO, sha256(raw), raw, OCI_INDEX).headers["oci-subject"] == subject
     (listed,) = client.get(f"/v2/{REPO}/referrers/{subject}").json()["manifests"]
     assert listed == {"mediaType": OCI_INDEX, "digest": sha256(raw), "size": len(raw)}

@@ -104,9 +104,7 @@ def test_first_chunk_must_start_at_zero(client: TestClient, location: str) -> No
 
 
 @pytest.mark.parametrize("content_range", ["a-b", "5", "7-3", "0-3"])
-def test_malformed_or_inconsistent_content_range_is_400(
-    client: TestClient, location: str, content_range: str
-) -> None:
+def test_malformed_or_inconsistent_content_range_is_400(client: TestClient, location: str, content_range: str) -> None:
     response = client.patch(location, content=b"abcdefgh", headers={"Content-Range": content_range})
     errors_of(response, 400, "BLOB_UPLOAD_INVALID")
 
@@ -259,4 +257,19 @@ def test_failed_single_post_leaves_no_session(
     response = client.post("/v2/team/app/blobs/uploads/", params={"digest": digest}, content=DATA, headers=headers)
     assert response.status_code == 400
     assert "location" not in response.headers
+    assert list((services.settings.blob_root / "uploads").iterdir()) == []
+
+
+def test_blob_is_invisible_until_the_upload_completes(client: TestClient, location: str) -> None:
+    client.patch(location, content=DATA)
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+    client.put(location, params={"digest": sha256(DATA)})
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 200
+
+
+@pytest.mark.parametrize("upload_id", ["..%2F..%2Fstorage", "%2E%2E", "..%2Fblobs"])
+def test_encoded_traversal_in_upload_id(client: TestClient, services: Services, upload_id: str) -> None:
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        response = client.request(method, f"/v2/team/app/blobs/uploads/{upload_id}", content=b"x")
+        assert response.status_code in (400, 404, 405), (method, response.status_code)
     assert list((services.settings.blob_root / "uploads").iterdir()) == []

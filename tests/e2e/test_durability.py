@@ -103,6 +103,16 @@ def test_sigkill_mid_upload_keeps_the_received_bytes_and_the_push_resumes(
         # Everything the server reported before the kill survived it; nothing beyond what was sent appeared.
         assert progress[-1] <= durable <= acknowledged + 10 * MiB, (progress, durable)
 
+        # A client resuming from its last acknowledged chunk is told where the upload really stands.
+        stale = http.patch(
+            location,
+            content=data[acknowledged : acknowledged + CHUNK],
+            headers={"Content-Range": f"{acknowledged}-{acknowledged + CHUNK - 1}"},
+        )
+        assert stale.status_code == 416, stale.text
+        assert stale.headers["range"] == status.headers["range"]
+        assert stale.headers["location"] == status.headers["location"]
+
         location = upload_chunks(http, status.headers["location"], data, durable, CHUNK)
         finish_and_verify(http, location, data, digest, "team/big")
 
@@ -181,3 +191,56 @@ def test_sigterm_with_a_stalled_upload_still_stops_within_a_grace_period(
         assert status.status_code == 204, status.text
         location = upload_chunks(http, status.headers["location"], data, received(status), CHUNK)
         finish_and_verify(http, location, data, digest, "team/stalled")
+
+
+def open_upload_files(server: ServerProcess, upload_id: str) -> int:
+    """How many file descriptors the server's workers hold open on the bytes of `upload_id`."""
+    opened = 0
+    for worker in worker_pids(server):
+        for descriptor in Path(f"/proc/{worker}/fd").iterdir():
+            try:
+                target = descriptor.readlink()
+            except FileNotFoundError:  # closed while we looked
+                continue
+            opened += target.name == upload_id and target.parent.name == "uploads"
+    return opened
+
+
+def test_two_patches_of_the_same_range_at_once_cannot_both_be_appended(server: ServerProcess) -> None:
+    """A retried chunk racing its first attempt: the upload must keep one copy of the bytes, not both.
+
+    Both PATCHes claim `Content-Range: 0-…` and are held mid-body until the server has opened the upload
+    for each of them; then both bodies complete.
+    """
+    data, digest = blob_of(12 * MiB, fresh_seed())
+    with server.client() as http:
+        location = start_upload(http, "team/race")
+    upload_id = location.rsplit("/", 1)[1]
+    first = StalledPatch(server.url + location, server.auth_header, data, 0, send_first=MiB)
+    second = StalledPatch(server.url + location, server.auth_header, data, 0, send_first=MiB)
+    try:
+        first.start()
+        second.start()
+        assert first.sent.wait(timeout=30) and second.sent.wait(timeout=30)
+
+        # Readiness: both requests are being served (two appenders open), or the server already turned one
+        # away. A server that makes the second wait for the first never opens it: give up waiting after 5s.
+        def both_in_progress() -> bool:
+            answered = first.response is not None or second.response is not None
+            return answered or open_upload_files(server, upload_id) >= 2
+
+        deadline = time.monotonic() + 5
+        while not both_in_progress() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        first.finish()
+        second.finish()
+    assert first.response is not None and second.response is not None, (first.error, second.error)
+    statuses = sorted([first.response.status_code, second.response.status_code])
+    with server.client() as http:
+        status = http.get(location)
+        assert (statuses, status.headers["range"]) == ([202, 416], f"0-{len(data) - 1}"), (
+            f"both PATCHes of bytes 0-{len(data) - 1} answered {statuses}; the upload now holds "
+            f"{status.headers['range']}"
+        )
+        finish_and_verify(http, location, data, digest, "team/race")

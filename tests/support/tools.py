@@ -50,7 +50,7 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
 
 @dataclass
 class Skopeo:
-    """skopeo with a private trust policy (accept anything), so no host configuration matters."""
+    """skopeo with a private trust policy (accept anything): no dependency on /etc/containers/policy.json."""
 
     binary: str
     policy: Path
@@ -86,13 +86,14 @@ class Skopeo:
         )  # fmt: skip
 
     def inspect_raw(self, server: ServerProcess, reference: str) -> bytes:
-        result = run(
-            [self.binary, "--policy", str(self.policy), "inspect", "--raw", "--tls-verify=false",
-             "--creds", server.creds, f"docker://{server.host}/{reference}"]
-        )  # fmt: skip
-        assert result.returncode == 0, describe(result)
-        # --raw prints the manifest bytes exactly as served (text mode is lossless for UTF-8 JSON).
-        return result.stdout.encode()
+        """The manifest bytes `skopeo inspect --raw` prints, exactly as the registry served them."""
+        command = [
+            self.binary, "--policy", str(self.policy), "inspect", "--raw", "--tls-verify=false",
+            "--creds", server.creds, f"docker://{server.host}/{reference}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
+        assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{result.stderr.decode()}"
+        return result.stdout
 
 
 # Metric sample key: (route, method, status)

@@ -37,7 +37,12 @@ _MAX_META_HEADER_BYTES: Final = 1 * MiB  # pax / GNU long-name headers that tarf
 _META_HEADER_TYPES: Final = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 )
-_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_MAGIC: Final = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
 
 
 @dataclass(frozen=True)
@@ -275,15 +280,17 @@ class _LayerReader:
     def read_layer(self, index: int, stream: IO[bytes]) -> None:
         changes = _LayerChanges()
         layer_end = 0
+        compression = "unread"
         try:
-            with tarfile.open(fileobj=_open_stream(index, stream), mode="r|*", tarinfo=_GuardedTarInfo) as tar:
+            source, compression = _open_stream(index, stream)
+            with tarfile.open(fileobj=source, mode="r|*", tarinfo=_GuardedTarInfo) as tar:
                 for member in tar:
                     layer_end = self._count(member)
                     self._visit(tar, member, changes)
         except ScanFailed:
             raise
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, _HeaderRefused) as exc:
-            raise ScanFailed(f"layer {index + 1} is not a readable tar stream: {exc}") from exc
+            raise ScanFailed(f"layer {index + 1} ({compression}) is corrupt or not a tar archive: {exc}") from exc
         self._streamed += layer_end
         self.filesystem.apply(changes)
 
@@ -364,12 +371,20 @@ class _Bounded:
         return data
 
 
-def _open_stream(index: int, stream: IO[bytes]) -> _Prefixed:
-    """Peek at the magic bytes: tarfile cannot read zstd, and would only say "invalid header"."""
-    head = stream.read(4)
-    if head == _ZSTD_MAGIC:
+def _compression(head: bytes) -> str:
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return "uncompressed tar"
+
+
+def _open_stream(index: int, stream: IO[bytes]) -> tuple[_Prefixed, str]:
+    """Peek at the magic bytes, to name the format in errors; tarfile cannot read zstd at all."""
+    head = stream.read(6)
+    compression = _compression(head)
+    if compression == "zstd":
         raise ScanFailed(f"layer {index + 1} is zstd-compressed, which this scanner cannot read")
-    return _Prefixed(head, stream)
+    return _Prefixed(head, stream), compression
 
 
 def _normalise(name: str, limits: InventoryLimits) -> str | None:
@@ -442,8 +457,10 @@ def _package(entry: InstalledEntry, ecosystem: str | None, manager: str, locatio
 _LANGUAGE_ECOSYSTEMS: Final = {"python": "PyPI", "npm": "npm"}
 
 
-def _packages(files: dict[str, _Captured], os: OperatingSystem | None, limits: InventoryLimits) -> list[Package]:
-    os_ecosystem = os.osv_ecosystem if os else None
+def _packages(
+    files: dict[str, _Captured], operating_system: OperatingSystem | None, limits: InventoryLimits
+) -> list[Package]:
+    os_ecosystem = operating_system.osv_ecosystem if operating_system else None
     packages: list[Package] = []
     for path, captured in files.items():
         manager, entries = _entries(captured, limits)
@@ -464,7 +481,7 @@ def read_inventory(layers: Iterable[IO[bytes]], limits: InventoryLimits | None =
         for index, stream in enumerate(layers):
             reader.read_layer(index, stream)
         files = reader.filesystem.files
-        os = _detect_os(files)
-        packages = _packages(files, os, limits)
+        operating_system = _detect_os(files)
+        packages = _packages(files, operating_system, limits)
     packages.sort(key=lambda package: (package.manager, package.name, package.version, package.location))
-    return Inventory(os, tuple(packages))
+    return Inventory(operating_system, tuple(packages))

@@ -117,7 +117,11 @@ class FilesystemBlobStore:
 
     def commit_upload(self, upload_id: str, digest: Digest) -> None:
         source = self._upload_path(upload_id)
-        with source.open("rb+") as file:
+        try:
+            file = source.open("rb+")
+        except FileNotFoundError:
+            raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+        with file:
             os.fsync(file.fileno())
         self._publish(source, self._blob_path(digest))
 

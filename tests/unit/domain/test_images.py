@@ -12,9 +12,17 @@ from dockyard.domain.images import MAX_PAGE, page_size
 
 @pytest.mark.parametrize(
     ("requested", "expected"),
-    [(None, MAX_PAGE), ("", MAX_PAGE), ("0", 0), ("1", 1), ("007", 7), ("1000", 1000), ("1001", 1000),
-     ("99999999999999999999999", MAX_PAGE)],
-)  # fmt: skip
+    [
+        (None, MAX_PAGE),
+        ("", MAX_PAGE),
+        ("0", 0),
+        ("1", 1),
+        ("007", 7),
+        ("1000", 1000),
+        ("1001", 1000),
+        ("99999999999999999999999", MAX_PAGE),
+    ],
+)
 def test_page_size(requested: str | None, expected: int) -> None:
     assert page_size(requested) == expected
 

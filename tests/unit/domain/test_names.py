@@ -67,9 +67,7 @@ def test_unknown_algorithm_is_unsupported(algorithm: str, encoded: str) -> None:
 @given(st.one_of(st.text(max_size=140), valid_digests, valid_digests.map(lambda d: d[:-1] + "G")))
 def test_parse_accepts_exactly_the_reference_grammar(text: str) -> None:
     algorithm, _, encoded = text.partition(":")
-    expected = (
-        algorithm in HEX_LENGTH and len(encoded) == HEX_LENGTH[algorithm] and set(encoded) <= set(LOWER_HEX)
-    )
+    expected = algorithm in HEX_LENGTH and len(encoded) == HEX_LENGTH[algorithm] and set(encoded) <= set(LOWER_HEX)
     try:
         Digest.parse(text)
     except (DigestInvalid, DigestUnsupported):
@@ -80,9 +78,18 @@ def test_parse_accepts_exactly_the_reference_grammar(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "sha256", "sha256:", ":" + "0" * 64, "SHA256:" + "0" * 64, "sha256:" + "0" * 64 + "\n",
-     " sha256:" + "0" * 64, "sha256:" + "0" * 63 + "g", "sha256::" + "0" * 64],
-)  # fmt: skip
+    [
+        "",
+        "sha256",
+        "sha256:",
+        ":" + "0" * 64,
+        "SHA256:" + "0" * 64,
+        "sha256:" + "0" * 64 + "\n",
+        " sha256:" + "0" * 64,
+        "sha256:" + "0" * 63 + "g",
+        "sha256::" + "0" * 64,
+    ],
+)
 def test_malformed_digests_are_invalid(text: str) -> None:
     with pytest.raises((DigestInvalid, DigestUnsupported)):
         Digest.parse(text)
@@ -155,10 +162,23 @@ def test_name_check_agrees_with_reference(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [("a", False), ("ab", True), ("a" * 256, True), ("a" * 257, False), ("a/" * 127 + "ab", True),
-     ("a/" * 128 + "a", False), ("a__b", True), ("a___b", False), ("a---b", True), ("a.-b", False),
-     ("a/b/", False), ("/a/b", False), ("A/b", False), ("ab\n", False)],
-)  # fmt: skip
+    [
+        ("a", False),
+        ("ab", True),
+        ("a" * 256, True),
+        ("a" * 257, False),
+        ("a/" * 127 + "ab", True),
+        ("a/" * 128 + "a", False),
+        ("a__b", True),
+        ("a___b", False),
+        ("a---b", True),
+        ("a.-b", False),
+        ("a/b/", False),
+        ("/a/b", False),
+        ("A/b", False),
+        ("ab\n", False),
+    ],
+)
 def test_name_boundaries(name: str, valid: bool) -> None:
     assert accepts_name(name) is valid
 
@@ -187,9 +207,18 @@ def test_tag_check_agrees_with_reference(tag: str) -> None:
 
 @pytest.mark.parametrize(
     ("tag", "valid"),
-    [("", False), ("a", True), ("_", True), ("-a", False), (".a", False), ("a" * 128, True), ("a" * 129, False),
-     ("V1.0_rc-1", True), ("latest\n", False)],
-)  # fmt: skip
+    [
+        ("", False),
+        ("a", True),
+        ("_", True),
+        ("-a", False),
+        (".a", False),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("V1.0_rc-1", True),
+        ("latest\n", False),
+    ],
+)
 def test_tag_boundaries(tag: str, valid: bool) -> None:
     assert accepts_tag(tag) is valid
 

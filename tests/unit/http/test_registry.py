@@ -34,8 +34,17 @@ def test_unparsable_or_multiple_ranges_mean_whole_blob(header: str) -> None:
     assert _requested_range(header, 100) is None
 
 
-@pytest.mark.parametrize(("header", "size"), [("bytes=100-", 100), ("bytes=200-300", 100), ("bytes=-0", 100),
-                                              ("bytes=5-4", 100), ("bytes=0-", 0), ("bytes=-5", 0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ("bytes=100-", 100),
+        ("bytes=200-300", 100),
+        ("bytes=-0", 100),
+        ("bytes=5-4", 100),
+        ("bytes=0-", 0),
+        ("bytes=-5", 0),
+    ],
+)
 def test_unsatisfiable_ranges(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiable) as caught:
         _requested_range(header, size)

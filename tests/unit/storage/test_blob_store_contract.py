@@ -72,9 +72,19 @@ def test_empty_blob(store: BlobStore) -> None:
 
 @pytest.mark.parametrize(
     ("offset", "length"),
-    [(0, 1), (0, None), (1, 10), (1024 * 1024 - 3, 7), (1024 * 1024, 1024 * 1024 + 5), (len(DATA) - 1, None),
-     (len(DATA) - 10, 100), (len(DATA), None), (len(DATA) + 5, 3), (17, 0)],
-)  # fmt: skip
+    [
+        (0, 1),
+        (0, None),
+        (1, 10),
+        (1024 * 1024 - 3, 7),
+        (1024 * 1024, 1024 * 1024 + 5),
+        (len(DATA) - 1, None),
+        (len(DATA) - 10, 100),
+        (len(DATA), None),
+        (len(DATA) + 5, 3),
+        (17, 0),
+    ],
+)
 def test_ranged_read(store: BlobStore, offset: int, length: int | None) -> None:
     store.put_blob(DIGEST, DATA)
     end = len(DATA) if length is None else offset + length

@@ -43,7 +43,9 @@ def repo(store: SqlMetadataStore, name: str = "team/app", account: str = ACCOUNT
     return repository
 
 
-def record(seed: str, subject: Digest | None = None, artifact_type: str | None = None, minute: int = 0) -> ManifestRecord:
+def record(
+    seed: str, subject: Digest | None = None, artifact_type: str | None = None, minute: int = 0
+) -> ManifestRecord:
     return ManifestRecord(
         digest=Digest.of(seed.encode()),
         media_type="application/vnd.oci.image.manifest.v1+json",
