@@ -11,13 +11,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard.config import MASTER_KEY_ENV, Settings
+from dockyard.domain.accounts import Accounts
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.ecr_api import ECR_TARGET, EcrDoor
+from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
+from dockyard.storage.audit import JsonLinesAudit
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
@@ -36,7 +39,9 @@ class Services:
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
         self.authenticator = Authenticator(self.metadata, self.box)
-        self.authorizer = Authorizer()
+        self.audit = JsonLinesAudit(settings.data_dir / "audit.log")
+        self.authorizer = Authorizer(self.metadata, self.audit)
+        self.accounts = Accounts(self.metadata, self.box)
         self.repositories = self.registry.repositories
 
 
@@ -92,6 +97,8 @@ class Dockyard:
             services.authorizer,
         )
 
+        self.query_door: ASGIApp = QueryDoor(services.accounts, services.authenticator, services.authorizer)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -102,9 +109,13 @@ class Dockyard:
         if path == "/v2" or path.startswith("/v2/"):
             await self.registry_door(scope, receive, send)
             return
-        if scope["method"] == "POST" and _header(scope, b"x-amz-target").startswith(ECR_TARGET + "."):
-            await self.ecr_door(scope, receive, send)
-            return
+        if scope["method"] == "POST" and path == "/":
+            if _header(scope, b"x-amz-target").startswith(ECR_TARGET + "."):
+                await self.ecr_door(scope, receive, send)
+                return
+            if _header(scope, b"content-type").startswith(FORM):
+                await self.query_door(scope, receive, send)
+                return
         response: Response
         if path == "/healthz":
             response = JSONResponse({"status": "ok"})

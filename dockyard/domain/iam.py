@@ -9,14 +9,17 @@ from __future__ import annotations
 import hmac
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final, Protocol
 
+from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import Denied, Unauthorized
 from dockyard.domain.keys import SecretBox
 from dockyard.domain.names import RepositoryRef, check_account
-from dockyard.domain.ports import Credential, CredentialStore
+from dockyard.domain.policies import Decision, Policy, RequestContext, evaluate
+from dockyard.domain.ports import Credential, CredentialStore, MetadataStore
 from dockyard.domain.tokens import TokenSigner
 
 _KEY_ID_ALPHABET: Final = string.ascii_uppercase + string.digits
@@ -109,20 +112,142 @@ class LoginTokens:
         return principal, str(claims["r"])
 
 
+class AuditSink(Protocol):
+    """Where authorisation decisions and mutating calls are recorded (CloudTrail-like JSON lines)."""
+
+    def record(self, event: dict[str, Any]) -> None: ...
+
+
 class Authorizer:
-    """Decides whether a principal may perform an `ecr:` action on a repository."""
+    """Decides whether a principal may perform an `ecr:` action, the way IAM does.
 
-    def authorize(self, principal: Principal | None, action: str, repository: RepositoryRef) -> None:
-        if principal is None:
-            raise Unauthorized(f"authentication required for {action}")
-        if principal.account_id != repository.account_id:
-            raise Denied(f"{principal.arn} is not authorized to perform {action} on {repository.arn}")
+    Identity policies are the caller's inline user policies (the root user has none and is allowed all in
+    its own account); the resource policy is the repository's policy. Every decision is audited.
+    """
 
-    def authorize_account(self, principal: Principal | None, action: str, account_id: str) -> None:
+    def __init__(self, store: MetadataStore, audit: AuditSink | None = None, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self._parsed: dict[tuple[str, str], Policy] = {}
+
+    def authorize(
+        self,
+        principal: Principal | None,
+        action: str,
+        repository: RepositoryRef,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        """Raise Unauthorized (no principal) or Denied unless the principal may act on the repository."""
         if principal is None:
+            self._record(None, action, repository.arn, "Unauthenticated", context)
             raise Unauthorized(f"authentication required for {action}")
-        if principal.account_id != account_id:
-            raise Denied(f"{principal.arn} is not authorized to perform {action} in account {account_id}")
+        decision = self.decide(principal, action, repository, context)
+        self._record(principal, action, repository.arn, decision.outcome.name, context)
+        if not decision.allowed:
+            raise Denied(f"User: {principal.arn} is not authorized to perform: {action} on resource: {repository.arn}")
+
+    def authorize_account(
+        self, principal: Principal | None, action: str, account_id: str, context: Mapping[str, str] | None = None
+    ) -> None:
+        """Registry-level actions (resource `*` in the caller's or the named account)."""
+        if principal is None:
+            self._record(None, action, "*", "Unauthenticated", context)
+            raise Unauthorized(f"authentication required for {action}")
+        request = self._request(principal, action, "*", account_id, context or {})
+        identity = [parsed.policy for parsed in self._identity_policies(principal)]
+        decision = evaluate(request, identity, None, is_root=principal.user_name is None)
+        self._record(principal, action, f"account/{account_id}", decision.outcome.name, context)
+        if not decision.allowed:
+            raise Denied(f"User: {principal.arn} is not authorized to perform: {action} in account {account_id}")
+
+    def allowed(
+        self, principal: Principal | None, action: str, repository: RepositoryRef, context: Mapping[str, str] | None
+    ) -> bool:
+        """The same decision without raising or auditing (filters listings)."""
+        return principal is not None and self.decide(principal, action, repository, context).allowed
+
+    def decide(
+        self, principal: Principal, action: str, repository: RepositoryRef, context: Mapping[str, str] | None
+    ) -> Decision:
+        resource_policy = self._repository_policy(repository)
+        identity = self._identity_policies(principal)
+        values = dict(context or {})
+        if any("resourcetag" in p.text_lower for p in ([resource_policy] if resource_policy else []) + identity):
+            values.update(self._resource_tags(repository))
+        request = self._request(principal, action, repository.arn, repository.account_id, values)
+        return evaluate(
+            request,
+            [p.policy for p in identity],
+            resource_policy.policy if resource_policy else None,
+            is_root=principal.user_name is None,
+        )
+
+    def _request(
+        self, principal: Principal, action: str, resource: str, account_id: str, context: Mapping[str, str]
+    ) -> RequestContext:
+        values = {"aws:CurrentTime": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"), **context}
+        return RequestContext(principal.account_id, principal.arn, action, resource, account_id, values)
+
+    def _identity_policies(self, principal: Principal) -> list[ParsedPolicy]:
+        if principal.user_name is None:
+            return []
+        documents = self.store.user_policies(principal.account_id, principal.user_name)
+        return [self._parse(text, "identity") for text in documents.values()]
+
+    def _repository_policy(self, repository: RepositoryRef) -> ParsedPolicy | None:
+        found = self.store.get_repository(repository)
+        if found is None:
+            return None
+        document = self.store.get_repository_document(found.id, REPOSITORY_POLICY_KIND)
+        return None if document is None else self._parse(document.text, "resource")
+
+    def _resource_tags(self, repository: RepositoryRef) -> dict[str, str]:
+        found = self.store.get_repository(repository)
+        tags = self.store.get_resource_tags(found.id) if found else {}
+        return {f"ecr:ResourceTag/{key}": value for key, value in tags.items()}
+
+    def _parse(self, text: str, kind: str) -> ParsedPolicy:
+        key = (kind, text)
+        policy = self._parsed.get(key)
+        if policy is None:
+            policy = Policy.parse(text, kind="resource" if kind == "resource" else "identity")
+            if len(self._parsed) > 10_000:  # bounded: documents change rarely, but never grow without limit
+                self._parsed.clear()
+            self._parsed[key] = policy
+        return ParsedPolicy(policy, text.lower())
+
+    def _record(
+        self, principal: Principal | None, action: str, resource: str, outcome: str, context: Mapping[str, str] | None
+    ) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(
+            {
+                "eventTime": self.clock().isoformat(),
+                "eventType": "AwsApiCall",
+                "eventSource": "ecr.amazonaws.com",
+                "eventName": action.partition(":")[2],
+                "userIdentity": {
+                    "type": "IAMUser" if principal and principal.user_name else ("Root" if principal else "Anonymous"),
+                    "arn": principal.arn if principal else None,
+                    "accountId": principal.account_id if principal else None,
+                    "accessKeyId": principal.access_key_id if principal else None,
+                },
+                "resources": [{"ARN": resource}],
+                "sourceIPAddress": (context or {}).get("aws:SourceIp"),
+                "decision": outcome,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ParsedPolicy:
+    policy: Policy
+    text_lower: str
+
+
+REPOSITORY_POLICY_KIND: Final = "repository-policy"
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,18 @@ class Registry:
     def repository_for_push(self, ref: RepositoryRef) -> Repository:
         return self.repositories.for_push(ref)
 
-    def catalog(self, account_id: str, region: str, after: str | None, limit: int) -> Page:
-        names = self.metadata.list_repository_names(account_id, region, after, limit + 1)
+    def catalog(
+        self, account_id: str, region: str, after: str | None, limit: int, visible: Callable[[str], bool]
+    ) -> Page:
+        """Repository names after `after`, only those `visible` says the caller may see."""
+        names: list[str] = []
+        cursor = after
+        while len(names) <= limit:
+            batch = self.metadata.list_repository_names(account_id, region, cursor, MAX_PAGE)
+            names.extend(name for name in batch if visible(name))
+            if len(batch) < MAX_PAGE:
+                break
+            cursor = batch[-1]
         return Page(names[:limit], len(names) > limit)
 
     # ----------------------------------------------------------------------------------- blobs

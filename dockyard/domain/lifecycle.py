@@ -64,9 +64,7 @@ class LifecyclePolicyInvalid(DockyardError):
 
     @classmethod
     def constraint(cls, detail: str) -> LifecyclePolicyInvalid:
-        return cls(
-            f"Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: '{detail}'", detail
-        )
+        return cls(f"Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: '{detail}'", detail)
 
 
 # ---------------------------------------------------------------------------------------------- policies
@@ -284,9 +282,7 @@ def _parse_selection(raw: object) -> Selection:
         _check_enum(selection["countUnit"], ("days",))
     count_number = _check_integer(selection["countNumber"])
     count_type = _check_count_variant(selection)
-    return Selection(
-        tag_status, count_type, count_number, prefixes, patterns, StorageClass(storage_class.upper())
-    )
+    return Selection(tag_status, count_type, count_number, prefixes, patterns, StorageClass(storage_class.upper()))
 
 
 def _check_count_variant(selection: dict[str, object]) -> CountType:
@@ -386,17 +382,13 @@ def _check_rule_semantics(rule: Rule) -> None:
 def _check_tag_lists(selection: Selection) -> None:
     prefixes, patterns = selection.tag_prefixes, selection.tag_patterns
     if selection.tag_status is TagStatus.TAGGED and not (prefixes or patterns):
-        raise LifecyclePolicyInvalid.failure(
-            "Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED."
-        )
+        raise LifecyclePolicyInvalid.failure("Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED.")
     if selection.tag_status is not TagStatus.TAGGED and (prefixes or patterns):
         listed = "tagPrefixList" if prefixes else "tagPatternList"
         status = selection.tag_status.upper()
         raise LifecyclePolicyInvalid.failure(f"Cannot specify {listed} when tagStatus={status}.")
     if prefixes and patterns:
-        raise LifecyclePolicyInvalid.failure(
-            "Cannot specify both tagPrefixList and tagPatternList in one rule."
-        )
+        raise LifecyclePolicyInvalid.failure("Cannot specify both tagPrefixList and tagPatternList in one rule.")
     for pattern in patterns:
         if pattern.count("*") > MAX_WILDCARDS_PER_PATTERN:
             raise LifecyclePolicyInvalid.failure(
@@ -412,9 +404,7 @@ def _check_storage_class(selection: Selection) -> None:
             "storageClass archive can only be used with countType sinceImageTransitioned."
         )
     if transitioned and not archive:
-        raise LifecyclePolicyInvalid.failure(
-            "countType sinceImageTransitioned requires storageClass archive."
-        )
+        raise LifecyclePolicyInvalid.failure("countType sinceImageTransitioned requires storageClass archive.")
     if transitioned and selection.count_number < MIN_ARCHIVE_DAYS:
         raise LifecyclePolicyInvalid.failure(
             f"countNumber must be at least {MIN_ARCHIVE_DAYS} for countType sinceImageTransitioned: "
@@ -427,9 +417,7 @@ def _check_action_fits(rule: Rule) -> None:
     if rule.action is ActionType.TRANSITION and rule.target_storage_class is None:
         raise LifecyclePolicyInvalid.failure("targetStorageClass is required when action type is transition.")
     if count_type is CountType.SINCE_IMAGE_PULLED and rule.action is not ActionType.TRANSITION:
-        raise LifecyclePolicyInvalid.failure(
-            "countType sinceImagePulled can only be used with action type transition."
-        )
+        raise LifecyclePolicyInvalid.failure("countType sinceImagePulled can only be used with action type transition.")
     if count_type is CountType.SINCE_IMAGE_TRANSITIONED and rule.action is not ActionType.EXPIRE:
         raise LifecyclePolicyInvalid.failure(
             "countType sinceImageTransitioned can only be used with action type expire."
@@ -464,9 +452,7 @@ def _check_class_rules(rules: Sequence[Rule]) -> None:
         raise LifecyclePolicyInvalid.failure("Only one rule can select Untagged images per storage class")
     last = max(rule.priority for rule in rules)
     if any(rule.selection.tag_status is TagStatus.ANY and rule.priority != last for rule in rules):
-        raise LifecyclePolicyInvalid.failure(
-            "Rule for tagStatus=ANY must have the lowest priority per storage class"
-        )
+        raise LifecyclePolicyInvalid.failure("Rule for tagStatus=ANY must have the lowest priority per storage class")
     prefix_sets = [frozenset(rule.selection.tag_prefixes) for rule in rules if rule.selection.tag_prefixes]
     repeated = [prefixes for prefixes, count in Counter(prefix_sets).items() if count > 1]
     if repeated:
@@ -505,8 +491,11 @@ def rule_selects(rule: Rule, image: ImageFacts) -> bool:
         return False
     if selection.tag_status is TagStatus.ANY:
         return True
-    if selection.tag_status is TagStatus.UNTAGGED or not image.tags:
+    if selection.tag_status is TagStatus.UNTAGGED:
         return not image.tags
+    if not image.tags:
+        return False
+
     joined = _TAG_SEPARATOR.join(image.tags)
     return all(search(joined) for search in _tag_searches(selection))
 
@@ -556,9 +545,7 @@ def _index_repository(images: Sequence[ImageFacts]) -> _Repository:
     order = _oldest_first(images, pushed)
     classes = [image.storage_class for image in images]
     joined = [_TAG_SEPARATOR.join(image.tags) for image in images]
-    pools = {
-        storage_class: [p for p in order if classes[p] is storage_class] for storage_class in StorageClass
-    }
+    pools = {storage_class: [p for p in order if classes[p] is storage_class] for storage_class in StorageClass}
     untagged = {storage_class: [p for p in pool if not joined[p]] for storage_class, pool in pools.items()}
     tagged = {storage_class: [p for p in pool if joined[p]] for storage_class, pool in pools.items()}
     return _Repository(images, pushed, joined, pools, untagged, tagged, _referenced_positions(images))
@@ -670,9 +657,7 @@ def _reference_graph(images: Sequence[ImageFacts]) -> _References:
     indexes = [image for image in images if image.child_digests]
     children = {child for index in indexes for child in index.child_digests}
     dependent = {
-        image.digest: image
-        for image in images
-        if image.subject_digest is not None or image.digest in children
+        image.digest: image for image in images if image.subject_digest is not None or image.digest in children
     }
     parents: defaultdict[str, list[str]] = defaultdict(list)
     for index in indexes:
@@ -716,9 +701,7 @@ def _settling_order(graph: _References) -> list[str]:
     return order
 
 
-def apply_reference_safety(
-    actions: Sequence[PlannedAction], images: Sequence[ImageFacts]
-) -> list[PlannedAction]:
+def apply_reference_safety(actions: Sequence[PlannedAction], images: Sequence[ImageFacts]) -> list[PlannedAction]:
     """Dockyard's safety step over an evaluation result (not ECR behaviour; ECR users ask for it).
 
     Each image's final fate is settled after those of the indexes listing it and of its subject:
@@ -739,7 +722,8 @@ def apply_reference_safety(
     own = {action.digest: action for action in actions}
     fates: dict[str, PlannedAction | None] = dict(own)
     for digest in graph.dependent:
-        fates.setdefault(digest, None)  # kept unless settled below, so images on a cycle stay kept
+        fates[digest] = None  # kept unless settled below: images on a cycle, or following themselves, stay
+
     for digest in _settling_order(graph):
         fates[digest] = _settle(graph, graph.dependent[digest], own.get(digest), fates)
     # Input order, then followers in image order; a stable sort groups them by rule priority.
@@ -774,14 +758,10 @@ def _follow(image: ImageFacts, leader: PlannedAction | None) -> PlannedAction | 
         return None
     if leader.action is ActionType.TRANSITION and image.storage_class is not StorageClass.STANDARD:
         return None  # already archived: nothing to move
-    return PlannedAction(
-        image, leader.action, leader.target_storage_class, leader.applied_rule_priority, leader.digest
-    )
+    return PlannedAction(image, leader.action, leader.target_storage_class, leader.applied_rule_priority, leader.digest)
 
 
-def _within_parents(
-    fate: PlannedAction | None, parent_fates: Sequence[PlannedAction | None]
-) -> PlannedAction | None:
+def _within_parents(fate: PlannedAction | None, parent_fates: Sequence[PlannedAction | None]) -> PlannedAction | None:
     if fate is None or any(parent is None for parent in parent_fates):
         return None  # a kept index keeps every manifest it lists, as they are
     if fate.action is ActionType.EXPIRE and not all(_expires(parent) for parent in parent_fates):
@@ -868,12 +848,8 @@ def _preview_result(action: PlannedAction) -> PreviewResult:
 
 
 def _preview_summary(actions: Sequence[PlannedAction]) -> PreviewSummary:
-    summary: PreviewSummary = {
-        "expiringImageTotalCount": sum(action.action is ActionType.EXPIRE for action in actions)
-    }
-    moving = Counter(
-        action.target_storage_class for action in actions if action.action is ActionType.TRANSITION
-    )
+    summary: PreviewSummary = {"expiringImageTotalCount": sum(action.action is ActionType.EXPIRE for action in actions)}
+    moving = Counter(action.target_storage_class for action in actions if action.action is ActionType.TRANSITION)
     if moving:
         summary["transitioningImageTotalCounts"] = [
             {"targetStorageClass": target, "imageTotalCount": count}

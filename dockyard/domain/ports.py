@@ -91,6 +91,29 @@ class Template:
 
 
 @dataclass(frozen=True)
+class IamUser:
+    account_id: str
+    user_name: str
+    user_id: str
+    path: str
+    created_at: datetime
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:user{self.path}{self.user_name}"
+
+
+@dataclass(frozen=True)
+class AccessKeyInfo:
+    """An access key without its secret."""
+
+    access_key_id: str
+    account_id: str
+    user_name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Credential:
     access_key_id: str
     sealed_secret: str
@@ -286,6 +309,32 @@ class CredentialStore(Protocol):
     def root_credential_ids(self, account_id: str) -> list[str]: ...
 
 
+class IamStore(Protocol):
+    def list_accounts(self) -> list[str]: ...
+
+    def delete_account(self, account_id: str) -> bool:
+        """Delete an account with its users and keys; False (nothing deleted) while it owns repositories."""
+        ...
+
+    def create_user(self, user: IamUser) -> bool: ...
+
+    def get_user(self, account_id: str, user_name: str) -> IamUser | None: ...
+
+    def list_users(self, account_id: str) -> list[IamUser]: ...
+
+    def delete_user(self, account_id: str, user_name: str) -> bool: ...
+
+    def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKeyInfo]: ...
+
+    def delete_credential(self, access_key_id: str) -> bool: ...
+
+    def put_user_policy(self, account_id: str, user_name: str, policy_name: str, document: str) -> None: ...
+
+    def user_policies(self, account_id: str, user_name: str) -> dict[str, str]: ...
+
+    def delete_user_policy(self, account_id: str, user_name: str, policy_name: str) -> bool: ...
+
+
 class MetadataStore(
     RepositoryStore,
     BlobLinkStore,
@@ -295,6 +344,7 @@ class MetadataStore(
     TemplateStore,
     QuotaStore,
     CredentialStore,
+    IamStore,
     Protocol,
 ):
     """Everything the registry core keeps about content; SQLite or PostgreSQL behind the same code."""

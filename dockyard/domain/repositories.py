@@ -19,6 +19,7 @@ from dockyard.domain.errors import (
     RepositoryPolicyNotFound,
     TooManyTags,
 )
+from dockyard.domain.iam import REPOSITORY_POLICY_KIND as REPOSITORY_POLICY
 from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name
 from dockyard.domain.policies import Policy
@@ -95,7 +96,6 @@ def check_resource_tags(tags: Sequence[tuple[str, str]], existing: int = 0) -> d
     return result
 
 
-REPOSITORY_POLICY: Final = "repository-policy"
 LIFECYCLE_POLICY: Final = "lifecycle-policy"
 
 

@@ -46,3 +46,9 @@ def registry_caller(request: Request, authenticator: Authenticator, tokens: Logi
         principal, registry_account = tokens.verify(password, now)
         return Caller(principal, registry_account)
     return Caller(authenticator.from_access_key(user, password))
+
+
+def request_context(request: Request) -> dict[str, str]:
+    """The IAM condition keys a request carries (aws:SourceIp, aws:SecureTransport)."""
+    client = request.client.host if request.client else ""
+    return {"aws:SourceIp": client, "aws:SecureTransport": "true" if request.url.scheme == "https" else "false"}

@@ -31,6 +31,7 @@ from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.templates import settings_of
 from dockyard.http import aws_json
+from dockyard.http.auth import request_context
 from dockyard.http.errors import log
 from dockyard.http.metrics import LATENCY, REQUESTS
 from dockyard.http.sigv4 import SignedRequest, verify
@@ -51,6 +52,7 @@ class EcrCall:
     host: str
     scheme: str
     params: dict[str, Any]
+    context: dict[str, str]
 
     @property
     def account(self) -> str:
@@ -109,7 +111,8 @@ class EcrDoor:
         handler = self.handlers.get(operation.name)
         if handler is None:
             raise aws_json.NotBuilt(f"{operation.name} is not supported by this version of Dockyard")
-        call = EcrCall(verified.principal, verified.region, request.headers.get("host", ""), request.url.scheme, params)
+        host = request.headers.get("host", "")
+        call = EcrCall(verified.principal, verified.region, host, request.url.scheme, params, request_context(request))
         result = await run_in_threadpool(self._run, operation.name, handler, call)
         return aws_json.json_response(aws_json.serialize(operation.output_shape, result))
 
@@ -119,9 +122,12 @@ class EcrDoor:
 
     def _run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
         if "repositoryName" in call.params:
-            self.authorizer.authorize(call.principal, f"ecr:{operation}", call.ref())
+            self.authorizer.authorize(call.principal, f"ecr:{operation}", call.ref(), call.context)
+        elif "resourceArn" in call.params:
+            ref = _ref_from_arn(call.params["resourceArn"])
+            self.authorizer.authorize(call.principal, f"ecr:{operation}", ref, call.context)
         else:
-            self.authorizer.authorize_account(call.principal, f"ecr:{operation}", call.account)
+            self.authorizer.authorize_account(call.principal, f"ecr:{operation}", call.account, call.context)
         return handler(call)
 
     # ------------------------------------------------------------------------------------------ shapes
@@ -354,7 +360,7 @@ class EcrDoor:
         start_digest, start_tag = _split_image_token(after)
         # A page may end inside an image's tags: then the next page starts again at that image.
         rows = self._guard_repository(
-            call, lambda: self.images.list_images(call.ref(), start_digest, limit + 1, tagged, start_tag is not None)
+            call, lambda: self.images.list_images(call.ref(), start_digest, limit + 2, tagged, start_tag is not None)
         )
         ids: list[tuple[dict[str, Any], str]] = []
         for row in rows:

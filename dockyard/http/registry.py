@@ -34,7 +34,7 @@ from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principa
 from dockyard.domain.images import BlobAppender, Registry, page_size
 from dockyard.domain.manifests import MAX_MANIFEST_BYTES
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
-from dockyard.http.auth import Caller, registry_caller
+from dockyard.http.auth import Caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.metrics import LATENCY, REQUESTS
 
@@ -158,7 +158,7 @@ class RegistryDoor:
         return RepositoryRef(account, self.default_region, name)
 
     def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None) -> None:
-        self.authorizer.authorize(call.principal, action, ref or call.ref)
+        self.authorizer.authorize(call.principal, action, ref or call.ref, request_context(call.request))
 
     # ------------------------------------------------------------------------------------ base, catalog
 
@@ -169,10 +169,18 @@ class RegistryDoor:
 
     def catalog(self, request: Request, caller: Caller) -> Response:
         ref = self.repository_ref(request, caller, "catalog")
-        self.authorizer.authorize_account(caller.principal, "ecr:DescribeRepositories", ref.account_id)
+        self.authorizer.authorize_account(
+            caller.principal, "ecr:DescribeRepositories", ref.account_id, request_context(request)
+        )
         limit = page_size(request.query_params.get("n"))
         after = request.query_params.get("last") or None
-        page = self.registry.catalog(ref.account_id, ref.region, after, limit)
+        context = request_context(request)
+
+        def visible(name: str) -> bool:
+            target = RepositoryRef(ref.account_id, ref.region, name)
+            return self.authorizer.allowed(caller.principal, "ecr:DescribeRepositories", target, context)
+
+        page = self.registry.catalog(ref.account_id, ref.region, after, limit, visible)
         headers = _next_link("/v2/_catalog", limit, page.items) if page.has_more and limit else {}
         return _json({"repositories": page.items}, headers=headers)
 

@@ -4,6 +4,8 @@ Schema (owned here; Alembic migrations in storage/migrations mirror it):
 
     accounts             12-digit account ids
     credentials          access keys; the secret is sealed with the master key, never stored in clear
+    iam_users            IAM users of an account
+    user_policies        inline identity policies of IAM users
     repositories         one row per (account, region, name)
     blobs                one row per digest in the whole store: content is kept once
     repository_blobs     which blobs a repository may serve (uploaded or mounted into it)
@@ -60,8 +62,10 @@ from sqlalchemy.sql.dml import Insert
 
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import (
+    AccessKeyInfo,
     Credential,
     Document,
+    IamUser,
     ImageRow,
     ManifestRecord,
     ManifestReference,
@@ -109,6 +113,28 @@ credentials = Table(
     Column("sealed_secret", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_credentials_account", "account_id"),
+)
+
+iam_users = Table(
+    "iam_users",
+    metadata_obj,
+    Column("account_id", String(12), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_name", String(64), primary_key=True),
+    Column("user_id", String(32), nullable=False, unique=True),
+    Column("path", String(512), nullable=False, server_default="/"),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+user_policies = Table(
+    "user_policies",
+    metadata_obj,
+    Column("account_id", String(12), primary_key=True),
+    Column("user_name", String(64), primary_key=True),
+    Column("policy_name", String(128), primary_key=True),
+    Column("document", Text, nullable=False),
+    ForeignKeyConstraint(
+        ["account_id", "user_name"], ["iam_users.account_id", "iam_users.user_name"], ondelete="CASCADE"
+    ),
 )
 
 repositories = Table(
@@ -769,6 +795,96 @@ class SqlMetadataStore:
         with self._read() as connection:
             return int(connection.execute(query).scalar_one())
 
+    # ------------------------------------------------------------------------------------ IAM
+
+    def list_accounts(self) -> list[str]:
+        with self._read() as connection:
+            return list(connection.execute(select(accounts.c.id).order_by(accounts.c.id)).scalars())
+
+    def delete_account(self, account_id: str) -> bool:
+        with self._write() as connection:
+            if connection.execute(
+                select(func.count()).select_from(repositories).where(repositories.c.account_id == account_id)
+            ).scalar_one():
+                return False
+            for table in (user_policies, credentials, iam_users, registry_documents, creation_templates, quotas):
+                connection.execute(delete(table).where(table.c.account_id == account_id))
+            connection.execute(delete(accounts).where(accounts.c.id == account_id))
+        return True
+
+    def create_user(self, user: IamUser) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                self._insert_ignore(iam_users).values(
+                    account_id=user.account_id,
+                    user_name=user.user_name,
+                    user_id=user.user_id,
+                    path=user.path,
+                    created_at=user.created_at,
+                )
+            )
+        return result.rowcount > 0
+
+    def get_user(self, account_id: str, user_name: str) -> IamUser | None:
+        query = select(iam_users).where(iam_users.c.account_id == account_id, iam_users.c.user_name == user_name)
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _user(row)
+
+    def list_users(self, account_id: str) -> list[IamUser]:
+        query = select(iam_users).where(iam_users.c.account_id == account_id).order_by(iam_users.c.user_name)
+        with self._read() as connection:
+            return [_user(row) for row in connection.execute(query)]
+
+    def delete_user(self, account_id: str, user_name: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                delete(iam_users).where(iam_users.c.account_id == account_id, iam_users.c.user_name == user_name)
+            )
+        return result.rowcount > 0
+
+    def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKeyInfo]:
+        owner = credentials.c.user_name.is_(None) if user_name is None else credentials.c.user_name == user_name
+        query = (
+            select(credentials.c.access_key_id, credentials.c.user_name, credentials.c.created_at)
+            .where(credentials.c.account_id == account_id, owner)
+            .order_by(credentials.c.created_at)
+        )
+        with self._read() as connection:
+            return [
+                AccessKeyInfo(row.access_key_id, account_id, row.user_name, row.created_at)
+                for row in connection.execute(query)
+            ]
+
+    def delete_credential(self, access_key_id: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(delete(credentials).where(credentials.c.access_key_id == access_key_id))
+        return result.rowcount > 0
+
+    def put_user_policy(self, account_id: str, user_name: str, policy_name: str, document: str) -> None:
+        keys = {"account_id": account_id, "user_name": user_name, "policy_name": policy_name}
+        self._upsert(user_policies, keys, {"document": document})
+
+    def user_policies(self, account_id: str, user_name: str) -> dict[str, str]:
+        table = user_policies
+        query = (
+            select(table.c.policy_name, table.c.document)
+            .where(table.c.account_id == account_id, table.c.user_name == user_name)
+            .order_by(table.c.policy_name)
+        )
+        with self._read() as connection:
+            return {row.policy_name: row.document for row in connection.execute(query)}
+
+    def delete_user_policy(self, account_id: str, user_name: str, policy_name: str) -> bool:
+        table = user_policies
+        with self._write() as connection:
+            result = connection.execute(
+                delete(table).where(
+                    table.c.account_id == account_id, table.c.user_name == user_name, table.c.policy_name == policy_name
+                )
+            )
+        return result.rowcount > 0
+
     # ------------------------------------------------------------------------------------ credentials
 
     def get_credential(self, access_key_id: str) -> Credential | None:
@@ -831,6 +947,10 @@ def _manifest_record(row: Any) -> ManifestRecord:
         config_media_type=row.config_media_type,
         last_pulled_at=row.last_pulled_at,
     )
+
+
+def _user(row: Any) -> IamUser:
+    return IamUser(row.account_id, row.user_name, row.user_id, row.path, row.created_at)
 
 
 def _template(row: Any) -> Template:
