@@ -6,6 +6,7 @@ Today every principal is an account's root user and may do everything in its own
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import string
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
+from dockyard.domain.cache import TtlCache
 from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import Denied, Unauthorized
 from dockyard.domain.keys import SecretBox
@@ -50,18 +52,32 @@ def new_secret_access_key() -> str:
 
 
 class Authenticator:
-    """Turns presented credentials into a principal; secrets are compared in constant time."""
+    """Turns presented credentials into a principal; secrets are compared in constant time.
 
-    def __init__(self, credentials: CredentialStore, box: SecretBox) -> None:
+    Successful checks are remembered for a few seconds (keyed by the key id and a hash of the secret), so
+    the registry's hot paths do not decrypt a secret per request; a deleted key stops working within that
+    time on every node.
+    """
+
+    def __init__(self, credentials: CredentialStore, box: SecretBox, cache_seconds: float = 5.0) -> None:
         self._credentials = credentials
         self._box = box
+        self._verified: TtlCache[Principal | None] = TtlCache(cache_seconds)
 
     def from_access_key(self, access_key_id: str, secret: str) -> Principal:
+        key = (access_key_id, hashlib.sha256(secret.encode()).digest())
+        principal = self._verified.get_or_load(key, lambda: self._check(access_key_id, secret))
+        if principal is None:
+            self._verified.invalidate(key)  # failures are not cached: a key created a moment ago must work
+            raise Unauthorized("invalid access key id or secret")
+        return principal
+
+    def _check(self, access_key_id: str, secret: str) -> Principal | None:
         credential = self._credentials.get_credential(access_key_id)
         # Compare against a dummy when the key is unknown, so timing does not reveal which keys exist.
         expected = self._box.open(credential.sealed_secret) if credential else secrets.token_urlsafe(30)
         if not hmac.compare_digest(expected.encode(), secret.encode()) or credential is None:
-            raise Unauthorized("invalid access key id or secret")
+            return None
         return Principal(credential.account_id, credential.user_name, credential.access_key_id)
 
     def secret_of(self, access_key_id: str) -> tuple[Principal, str] | None:
@@ -91,9 +107,11 @@ class LoginTokens:
     Verified statelessly (any node with the master key), and revoked with the access key they came from.
     """
 
-    def __init__(self, signer: TokenSigner, credentials: CredentialStore) -> None:
+    def __init__(self, signer: TokenSigner, credentials: CredentialStore, cache_seconds: float = 5.0) -> None:
         self._signer = signer
         self._credentials = credentials
+        # A token lives 12 hours; whether its access key still exists is re-checked every few seconds.
+        self._credentials_cache: TtlCache[Credential | None] = TtlCache(cache_seconds)
 
     def issue(self, principal: Principal, registry_account: str, now: datetime) -> LoginToken:
         if principal.access_key_id is None:
@@ -105,8 +123,12 @@ class LoginTokens:
     def verify(self, password: str, now: datetime) -> tuple[Principal, str]:
         """The principal a token was issued to and the registry account it is for."""
         claims = self._signer.verify(password, now)
-        credential = self._credentials.get_credential(str(claims.get("k"))) if claims else None
-        if claims is None or credential is None:
+        if claims is None:
+            raise Unauthorized("the authorization token is invalid or has expired")
+        key_id = str(claims.get("k"))
+        credential = self._credentials_cache.get_or_load(key_id, lambda: self._credentials.get_credential(key_id))
+        if credential is None:
+            self._credentials_cache.invalidate(key_id)
             raise Unauthorized("the authorization token is invalid or has expired")
         principal = Principal(credential.account_id, credential.user_name, credential.access_key_id)
         return principal, str(claims["r"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from dockyard.domain.cache import ByteLru
 from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import (
     BlobUnknown,
@@ -43,6 +44,7 @@ from dockyard.domain.repositories import Repositories, immutability_guard
 
 MAX_PAGE: Final = 1000
 PULL_RECORD_INTERVAL: Final = timedelta(hours=1)
+MANIFEST_CACHE_BYTES: Final = 64 * 1024 * 1024
 # Layers that live elsewhere by design (Windows foreign layers): never uploaded, so never required.
 _NON_DISTRIBUTABLE_MARKERS: Final = ("foreign", "nondistributable")
 
@@ -143,6 +145,7 @@ class Registry:
         self.clock = clock
         self.new_id = new_id
         self.hashes = RunningHashes()
+        self.manifest_cache = ByteLru(MANIFEST_CACHE_BYTES)
         self.repositories = Repositories(metadata, clock, create_on_push)
 
     # ----------------------------------------------------------------------------------- repositories
@@ -310,7 +313,15 @@ class Registry:
                 self.metadata.record_pull(repository.id, digest, now)
 
     def manifest_content(self, record: ManifestRecord) -> bytes:
-        return b"".join(self.blobs.read_blob(record.digest))
+        content = self.manifest_cache.get(record.digest)
+        if content is None:
+            content = b"".join(self.blobs.read_blob(record.digest))
+            self.manifest_cache.put(record.digest, content)
+        return content
+
+    def cached_manifest_content(self, record: ManifestRecord) -> bytes | None:
+        """The manifest's bytes when they are in memory (manifests are immutable: cached by digest)."""
+        return self.manifest_cache.get(record.digest)
 
     def delete_manifest(self, ref: RepositoryRef, reference: str) -> None:
         repository = self.repository(ref)

@@ -324,7 +324,9 @@ class RegistryDoor:
         if call.request.method == "HEAD":
             headers["Content-Length"] = str(record.size)
             return Response(status_code=200, headers=headers, media_type=record.media_type)
-        content = await run_in_threadpool(self.registry.manifest_content, record)
+        content = self.registry.cached_manifest_content(record)
+        if content is None:
+            content = await run_in_threadpool(self.registry.manifest_content, record)
         now = self.registry.clock()
         if self.registry.pull_needs_recording(record.last_pulled_at, now):
             await run_in_threadpool(self.registry.note_pull, call.ref, record.digest, record.last_pulled_at, now)

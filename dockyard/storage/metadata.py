@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -49,6 +49,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -60,6 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from dockyard.domain.cache import TtlCache
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import (
     AccessKeyInfo,
@@ -151,6 +153,7 @@ repositories = Table(
     Column("encryption_type", String(16), nullable=False, server_default="AES256"),
     Column("kms_key", String(2048), nullable=True),
     UniqueConstraint("account_id", "region", "name", name="uq_repositories_account_region_name"),
+    sqlite_autoincrement=True,  # ids are never reused: caches and references keyed by id stay unambiguous
 )
 
 repository_tags = Table(
@@ -270,6 +273,22 @@ uploads = Table(
 )
 
 
+# Statements of the hot read paths, built once: building a statement costs more than running it on SQLite.
+_RESOLVE_TAG: Final = (
+    select(manifests)
+    .join(tags, and_(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest))
+    .where(tags.c.repository_id == bindparam("repository_id"), tags.c.name == bindparam("tag"))
+)
+_GET_MANIFEST: Final = select(manifests).where(
+    manifests.c.repository_id == bindparam("repository_id"), manifests.c.digest == bindparam("digest")
+)
+_LINKED_BLOB_SIZE: Final = (
+    select(blobs.c.size)
+    .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+    .where(repository_blobs.c.repository_id == bindparam("repository_id"), blobs.c.digest == bindparam("digest"))
+)
+
+
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     """An engine with the per-backend settings Dockyard relies on."""
     if url.startswith("sqlite"):
@@ -297,23 +316,33 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = "IMMEDIATE" if connection.get_execution_options().get("writes") else "DEFERRED"
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        options = connection.get_execution_options()
+        if options.get("single_read"):
+            return  # one SELECT is atomic by itself: no BEGIN/COMMIT round trips on the hot read path
+        connection.exec_driver_sql(f"BEGIN {'IMMEDIATE' if options.get('writes') else 'DEFERRED'}")
 
 
 class SqlMetadataStore:
     """Implements every metadata protocol of `dockyard.domain.ports` over one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cache_ttl: float = 1.0) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        # Repositories and their documents are read on every request and change rarely (see TtlCache).
+        self._repositories: TtlCache[Repository | None] = TtlCache(cache_ttl)
+        self._documents: TtlCache[Document | None] = TtlCache(cache_ttl)
+        # Blob links and manifests by digest are immutable until deleted: positive answers are cached the
+        # same way (a miss is never cached: an upload may link the blob a moment later).
+        self._links: TtlCache[int | None] = TtlCache(cache_ttl, max_entries=100_000)
+        self._manifests: TtlCache[ManifestRecord | None] = TtlCache(cache_ttl, max_entries=100_000)
 
     # ------------------------------------------------------------------------------------ plumbing
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection, connection.begin():
-            yield connection
+        """A connection for one read. On SQLite a single SELECT runs without an explicit transaction."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(single_read=True)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -333,6 +362,9 @@ class SqlMetadataStore:
     # ------------------------------------------------------------------------------------ repositories
 
     def get_repository(self, ref: RepositoryRef) -> Repository | None:
+        return self._repositories.get_or_load(ref, lambda: self._load_repository(ref))
+
+    def _load_repository(self, ref: RepositoryRef) -> Repository | None:
         with self._read() as connection:
             row = connection.execute(
                 select(repositories).where(
@@ -356,6 +388,7 @@ class SqlMetadataStore:
                     **_settings_row(settings or RepositorySettings()),
                 )
             )
+        self._repositories.invalidate(ref)
         created = self.get_repository(ref)
         assert created is not None, "a repository row vanished right after its insert"
         return created, result.rowcount > 0
@@ -380,6 +413,7 @@ class SqlMetadataStore:
             connection.execute(
                 update(repositories).where(repositories.c.id == repository_id).values(**_settings_row(settings))
             )
+        self._repositories.clear()
 
     def delete_repository(self, repository_id: int) -> None:
         with self._write() as connection:
@@ -394,6 +428,8 @@ class SqlMetadataStore:
             ):
                 connection.execute(delete(table).where(table.c.repository_id == repository_id))
             connection.execute(delete(repositories).where(repositories.c.id == repository_id))
+        for cache in (self._repositories, self._documents, self._links, self._manifests):
+            cache.clear()
 
     def count_manifests(self, repository_id: int) -> int:
         query = select(func.count()).select_from(manifests).where(manifests.c.repository_id == repository_id)
@@ -428,13 +464,17 @@ class SqlMetadataStore:
     # ------------------------------------------------------------------------------------ blobs
 
     def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
-        query = (
-            select(blobs.c.size)
-            .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
-            .where(repository_blobs.c.repository_id == repository_id, blobs.c.digest == str(digest))
-        )
+        key = (repository_id, digest)
+        size = self._links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
+        if size is None:
+            self._links.invalidate(key)
+        return size
+
+    def _load_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
         with self._read() as connection:
-            size: int | None = connection.execute(query).scalar()
+            size: int | None = connection.execute(
+                _LINKED_BLOB_SIZE, {"repository_id": repository_id, "digest": str(digest)}
+            ).scalar()
         return size
 
     def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
@@ -447,6 +487,7 @@ class SqlMetadataStore:
             )
 
     def unlink_blob(self, repository_id: int, digest: Digest) -> bool:
+        self._links.invalidate((repository_id, digest))
         with self._write() as connection:
             result = connection.execute(
                 delete(repository_blobs).where(
@@ -478,22 +519,20 @@ class SqlMetadataStore:
     # ------------------------------------------------------------------------------------ manifests
 
     def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
-        query = select(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+        key = (repository_id, digest)
+        record = self._manifests.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
+        if record is None:
+            self._manifests.invalidate(key)
+        return record
+
+    def _load_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
         with self._read() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_GET_MANIFEST, {"repository_id": repository_id, "digest": str(digest)}).first()
         return None if row is None else _manifest_record(row)
 
     def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None:
-        query = (
-            select(manifests)
-            .join(
-                tags,
-                and_(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest),
-            )
-            .where(tags.c.repository_id == repository_id, tags.c.name == tag)
-        )
         with self._read() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_RESOLVE_TAG, {"repository_id": repository_id, "tag": tag}).first()
         return None if row is None else _manifest_record(row)
 
     def put_manifest(
@@ -579,6 +618,7 @@ class SqlMetadataStore:
         return result.rowcount > 0
 
     def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
+        self._manifests.invalidate((repository_id, digest))
         with self._write() as connection:
             connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest)))
             connection.execute(
@@ -656,6 +696,7 @@ class SqlMetadataStore:
             return list(connection.execute(query).scalars())
 
     def record_pull(self, repository_id: int, digest: Digest, now: datetime) -> None:
+        self._manifests.invalidate((repository_id, digest))
         with self._write() as connection:
             connection.execute(
                 update(manifests)
@@ -677,6 +718,10 @@ class SqlMetadataStore:
     # ------------------------------------------------------------------------------------ documents
 
     def get_repository_document(self, repository_id: int, kind: str) -> Document | None:
+        key = (repository_id, kind)
+        return self._documents.get_or_load(key, lambda: self._load_repository_document(repository_id, kind))
+
+    def _load_repository_document(self, repository_id: int, kind: str) -> Document | None:
         table = repository_documents
         query = select(table.c.text, table.c.updated_at).where(
             table.c.repository_id == repository_id, table.c.kind == kind
@@ -686,9 +731,9 @@ class SqlMetadataStore:
         return None if row is None else Document(row.text, row.updated_at)
 
     def put_repository_document(self, repository_id: int, kind: str, text: str, now: datetime) -> None:
-        self._upsert(
-            repository_documents, {"repository_id": repository_id, "kind": kind}, {"text": text, "updated_at": now}
-        )
+        keys = {"repository_id": repository_id, "kind": kind}
+        self._upsert(repository_documents, keys, {"text": text, "updated_at": now})
+        self._documents.invalidate((repository_id, kind))
 
     def delete_repository_document(self, repository_id: int, kind: str) -> bool:
         table = repository_documents
@@ -696,6 +741,7 @@ class SqlMetadataStore:
             result = connection.execute(
                 delete(table).where(table.c.repository_id == repository_id, table.c.kind == kind)
             )
+        self._documents.invalidate((repository_id, kind))
         return result.rowcount > 0
 
     def get_registry_document(self, account_id: str, region: str, kind: str) -> Document | None:

@@ -14,18 +14,16 @@ promise, so that one member is copied (bounded) to a private temporary file, rea
 from __future__ import annotations
 
 import io
-import lzma
 import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
-from typing import IO, Final, Self
+from typing import IO, Final, Self, TypeVar
 
 from dockyard.domain.scanning import package_dbs
 from dockyard.domain.scanning.errors import ScanFailed
@@ -168,6 +166,31 @@ class _Captured:
     spool: Path | None = None  # an RPM database copied to the scan's private directory
 
 
+_T = TypeVar("_T")
+
+
+class _Unreadable(Exception):
+    """A failure inside tarfile or a decompressor, raised from the original error."""
+
+
+def _untar(call: Callable[[], _T]) -> _T:
+    """Run a call into tarfile/the layer stream. On malformed input those raise far more than TarError
+    (TypeError, ValueError, struct.error, zlib.error, EOFError, OSError…), so at this boundary, and only
+    here, any exception means "unreadable layer"; our own code outside these calls is not masked."""
+    try:
+        return call()
+    except ScanFailed:
+        raise
+    except Exception as exc:
+        raise _Unreadable from exc
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    iterator = iter(tar)
+    while (member := _untar(lambda: next(iterator, None))) is not None:
+        yield member
+
+
 class _HeaderRefused(Exception):
     """A tar header tarfile would otherwise act on blindly (negative size, huge pax record)."""
 
@@ -282,15 +305,14 @@ class _LayerReader:
         layer_end = 0
         compression = "unread"
         try:
-            source, compression = _open_stream(index, stream)
-            with tarfile.open(fileobj=source, mode="r|*", tarinfo=_GuardedTarInfo) as tar:
-                for member in tar:
+            source, compression = _untar(lambda: _open_stream(index, stream))
+            with _untar(lambda: tarfile.open(fileobj=source, mode="r|*", tarinfo=_GuardedTarInfo)) as tar:
+                for member in _members(tar):
                     layer_end = self._count(member)
                     self._visit(tar, member, changes)
-        except ScanFailed:
-            raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, _HeaderRefused) as exc:
-            raise ScanFailed(f"layer {index + 1} ({compression}) is corrupt or not a tar archive: {exc}") from exc
+        except _Unreadable as exc:
+            cause = exc.__cause__
+            raise ScanFailed(f"layer {index + 1} ({compression}) is corrupt or not a tar archive: {cause}") from cause
         self._streamed += layer_end
         self.filesystem.apply(changes)
 
@@ -335,12 +357,12 @@ class _LayerReader:
         self._read += member.size
         if self._read > self.limits.max_read_bytes:
             raise ScanFailed(f"more than {self.limits.max_read_bytes} bytes of package data to read")
-        source = tar.extractfile(member)
+        source = _untar(lambda: tar.extractfile(member))
         if source is None:
             return None
         if kind is _Kind.RPMDB:
-            return _Captured(kind, spool=self._spool(source, member.size))
-        return _Captured(kind, source.read(member.size))
+            return _Captured(kind, spool=_untar(lambda: self._spool(source, member.size)))
+        return _Captured(kind, _untar(lambda: source.read(member.size)))
 
     def _hardlink(self, member: tarfile.TarInfo, kind: _Kind, changes: _LayerChanges) -> _Captured | None:
         """A hard link shares the content of a file captured earlier (in this layer or a lower one)."""

@@ -406,17 +406,22 @@ class CvssScore:
         return f"{self.base_score:.1f}"
 
 
+def _one_decimal(score: Any) -> Decimal:
+    # CVSS 3 scores come back as Decimal, CVSS 4 ones as float; base scores have one decimal place.
+    return Decimal(str(score)).quantize(Decimal("0.1"))
+
+
 def cvss_score(kind: str, vector: str) -> CvssScore | None:
     """The base score of an OSV severity vector (computed by the `cvss` library); None if unreadable."""
     text = vector.strip()
     try:
         if kind == "CVSS_V3" and text.startswith(("CVSS:3.0/", "CVSS:3.1/")):
-            return CvssScore(text[5:8], text, Decimal(cvss.CVSS3(text).base_score))
+            return CvssScore(text[5:8], text, _one_decimal(cvss.CVSS3(text).base_score))
         if kind == "CVSS_V4" and text.startswith("CVSS:4.0/"):
-            return CvssScore("4.0", text, Decimal(cvss.CVSS4(text).base_score))
+            return CvssScore("4.0", text, _one_decimal(cvss.CVSS4(text).base_score))
         if kind == "CVSS_V2":
             text = text.strip("()").removeprefix("CVSS:2.0/")
-            return CvssScore("2.0", text, Decimal(cvss.CVSS2(text).base_score))
+            return CvssScore("2.0", text, _one_decimal(cvss.CVSS2(text).base_score))
     except (cvss.CVSSError, ValueError, KeyError, IndexError, ArithmeticError):
         return None
     return None

@@ -57,6 +57,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("account_id", "region", "name", name="uq_repositories_account_region_name"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "manifests",
