@@ -11,15 +11,21 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dockyard.admin_cli import admin_app
 from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
 from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
 from dockyard.domain.names import check_account, check_region
+from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import Services, prepare, write_private_file
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
 console = Console(stderr=True)
 ROOT_CREDENTIALS_FILE = "root-credentials.json"
+
+
+app.add_typer(admin_app, name="admin")
+app.add_typer(lifecycle_app, name="lifecycle")
 
 
 @app.callback()

@@ -1,0 +1,229 @@
+"""`dockyard admin …`: accounts, IAM users, access keys, user policies and quotas, on a data directory.
+
+It works on the metadata store directly (SQLite allows it while the server runs), through the same domain
+services the IAM API uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dockyard.config import Settings
+from dockyard.domain.accounts import Accounts
+from dockyard.domain.errors import DockyardError
+from dockyard.domain.quotas import DEFAULTS
+from dockyard.server import Services, prepare
+
+admin_app = typer.Typer(help="Manage accounts, IAM users, access keys, policies and quotas.", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts (12-digit ids).", no_args_is_help=True)
+user_app = typer.Typer(help="IAM users of an account.", no_args_is_help=True)
+key_app = typer.Typer(help="Access keys of a user (or of the account's root user).", no_args_is_help=True)
+policy_app = typer.Typer(help="Inline identity policies of a user.", no_args_is_help=True)
+quota_app = typer.Typer(help="Service quotas of an account.", no_args_is_help=True)
+for name, sub_app in (
+    ("account", account_app),
+    ("user", user_app),
+    ("key", key_app),
+    ("policy", policy_app),
+    ("quota", quota_app),
+):
+    admin_app.add_typer(sub_app, name=name)
+
+console = Console()
+DataDir = Annotated[Path, typer.Option(help="The server's data directory.")]
+Database = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata store, if not the default.")]
+AccountOption = Annotated[str, typer.Option("--account", help="12-digit account id.")]
+
+
+def _services(data_dir: Path, database: str | None) -> Services:
+    # The default account is irrelevant to admin commands; every command names its account.
+    return prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+
+
+def _accounts(data_dir: Path, database: str | None) -> Accounts:
+    return _services(data_dir, database).accounts
+
+
+def _fail(error: DockyardError) -> None:
+    console.print(f"[red]{error.ecr_exception}:[/] {error.message}")
+    raise typer.Exit(1)
+
+
+@account_app.command("create")
+def account_create(account_id: str, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    try:
+        _accounts(data_dir, database).create_account(account_id)
+    except ValueError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"account {account_id} ready")
+
+
+@account_app.command("list")
+def account_list(data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    for account in _accounts(data_dir, database).list_accounts():
+        console.print(account)
+
+
+@account_app.command("delete")
+def account_delete(account_id: str, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    try:
+        _accounts(data_dir, database).delete_account(account_id)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"account {account_id} deleted")
+
+
+@user_app.command("create")
+def user_create(
+    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+) -> None:
+    try:
+        user = _accounts(data_dir, database).create_user(account, user_name)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"created {user.arn} ({user.user_id})")
+
+
+@user_app.command("list")
+def user_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    table = Table("user", "id", "arn", "created")
+    for user in _accounts(data_dir, database).list_users(account):
+        table.add_row(user.user_name, user.user_id, user.arn, user.created_at.isoformat())
+    console.print(table)
+
+
+@user_app.command("delete")
+def user_delete(
+    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+) -> None:
+    try:
+        _accounts(data_dir, database).delete_user(account, user_name)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"deleted user {user_name}")
+
+
+@key_app.command("create")
+def key_create(
+    account: AccountOption,
+    user: Annotated[str | None, typer.Option(help="User name; omit for the account's root user.")] = None,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    """Create an access key and print it once as JSON (the secret is never shown again)."""
+    try:
+        key = _accounts(data_dir, database).create_access_key(account, user)
+    except DockyardError as error:
+        _fail(error)
+    record = {
+        "AccessKeyId": key.info.access_key_id,
+        "SecretAccessKey": key.secret_access_key,
+        "Account": account,
+        "UserName": user,
+    }
+    typer.echo(json.dumps(record, indent=2))
+
+
+@key_app.command("list")
+def key_list(
+    account: AccountOption,
+    user: Annotated[str | None, typer.Option(help="User name; omit for the root user.")] = None,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    try:
+        keys = _accounts(data_dir, database).list_access_keys(account, user)
+    except DockyardError as error:
+        _fail(error)
+    for key in keys:
+        console.print(f"{key.access_key_id}  created {key.created_at.isoformat()}")
+
+
+@key_app.command("delete")
+def key_delete(
+    access_key_id: str,
+    account: AccountOption,
+    user: Annotated[str | None, typer.Option(help="User name; omit for the root user.")] = None,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    try:
+        _accounts(data_dir, database).delete_access_key(account, user, access_key_id)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"deleted access key {access_key_id}")
+
+
+@policy_app.command("put")
+def policy_put(
+    user_name: str,
+    policy_name: str,
+    file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="Policy document (JSON).")],
+    account: AccountOption,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    try:
+        _accounts(data_dir, database).put_user_policy(account, user_name, policy_name, file.read_text())
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"attached {policy_name} to {user_name}")
+
+
+@policy_app.command("list")
+def policy_list(
+    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+) -> None:
+    try:
+        names = _accounts(data_dir, database).list_user_policies(account, user_name)
+    except DockyardError as error:
+        _fail(error)
+    for name in names:
+        console.print(name)
+
+
+@policy_app.command("delete")
+def policy_delete(
+    user_name: str,
+    policy_name: str,
+    account: AccountOption,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    try:
+        _accounts(data_dir, database).delete_user_policy(account, user_name, policy_name)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"detached {policy_name} from {user_name}")
+
+
+@quota_app.command("set")
+def quota_set(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(DEFAULTS))}.")],
+    value: int,
+    account: AccountOption,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    services = _services(data_dir, database)
+    try:
+        services.repositories.quotas.set(account, name, value)
+    except DockyardError as error:
+        _fail(error)
+    console.print(f"{name} = {value} for account {account}")
+
+
+@quota_app.command("list")
+def quota_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    quotas = _services(data_dir, database).repositories.quotas
+    table = Table("quota", "value", "default")
+    for name, default in sorted(DEFAULTS.items()):
+        table.add_row(name, str(quotas.limit(account, name)), str(default))
+    console.print(table)
