@@ -43,6 +43,7 @@ MAX_WILDCARDS_PER_PATTERN: Final = 4
 
 # ------------------------------------------------------------------------------------------------ errors
 
+_CONSTRAINT_FAILURE: Final = "Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: "
 LIFECYCLE_POLICY_INVALID: Final = ErrorKind(
     oci_code="DENIED",
     http_status=400,
@@ -64,7 +65,7 @@ class LifecyclePolicyInvalid(DockyardError):
 
     @classmethod
     def constraint(cls, detail: str) -> LifecyclePolicyInvalid:
-        return cls(f"Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: '{detail}'", detail)
+        return cls(f"{_CONSTRAINT_FAILURE}'{detail}'", detail)
 
 
 # ---------------------------------------------------------------------------------------------- policies
@@ -188,6 +189,8 @@ class PlannedAction:
 
 # ======================================================================================= parse + validate
 
+_invalid: Final = LifecyclePolicyInvalid.failure
+
 _JSON_TYPE_NAMES: Final[Mapping[type, str]] = {
     bool: "boolean",
     int: "integer",
@@ -239,7 +242,7 @@ def _load_json(text: str) -> dict[str, object]:
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
-        raise LifecyclePolicyInvalid.failure("Could not map policyString into LifecyclePolicy.")
+        raise _invalid("Could not map policyString into LifecyclePolicy.")
     return document
 
 
@@ -247,14 +250,10 @@ def _rules_array(document: dict[str, object]) -> list[object]:
     _check_object(document, frozenset({"rules"}), frozenset())
     rules = _check_type(document["rules"], list)
     if not rules:
-        raise LifecyclePolicyInvalid.failure(
-            "array is too short: must have at least 1 elements but instance has 0 elements"
-        )
+        raise _invalid("array is too short: must have at least 1 elements but instance has 0 elements")
     if len(rules) > MAX_RULES:
         found = len(rules)
-        raise LifecyclePolicyInvalid.failure(
-            f"array is too long: must have at most {MAX_RULES} elements but instance has {found} elements"
-        )
+        raise _invalid(f"array is too long: must have at most {MAX_RULES} elements but instance has {found} elements")
     return rules
 
 
@@ -282,7 +281,8 @@ def _parse_selection(raw: object) -> Selection:
         _check_enum(selection["countUnit"], ("days",))
     count_number = _check_integer(selection["countNumber"])
     count_type = _check_count_variant(selection)
-    return Selection(tag_status, count_type, count_number, prefixes, patterns, StorageClass(storage_class.upper()))
+    storage = StorageClass(storage_class.upper())
+    return Selection(tag_status, count_type, count_number, prefixes, patterns, storage)
 
 
 def _check_count_variant(selection: dict[str, object]) -> CountType:
@@ -307,7 +307,7 @@ def _parse_action(raw: object) -> tuple[ActionType, StorageClass | None]:
 
 
 def _one_of_failure() -> LifecyclePolicyInvalid:
-    return LifecyclePolicyInvalid.failure("instance failed to match exactly one schema (matched 0 out of 2)")
+    return _invalid("instance failed to match exactly one schema (matched 0 out of 2)")
 
 
 def _names(names: Iterable[str]) -> str:
@@ -318,12 +318,10 @@ def _check_object(value: object, required: frozenset[str], optional: frozenset[s
     document = _check_type(value, dict)
     missing = required - document.keys()
     if missing:
-        raise LifecyclePolicyInvalid.failure(f"object has missing required properties ({_names(missing)})")
+        raise _invalid(f"object has missing required properties ({_names(missing)})")
     unknown = document.keys() - required - optional
     if unknown:
-        raise LifecyclePolicyInvalid.failure(
-            f"object instance has properties which are not allowed by the schema: ({_names(unknown)})"
-        )
+        raise _invalid(f"object instance has properties which are not allowed by the schema: ({_names(unknown)})")
     return document
 
 
@@ -334,27 +332,21 @@ def _check_type(value: object, expected: type[_T]) -> _T:
     # `type(...) is`, not isinstance: JSON booleans are not integers.
     if type(value) is not expected:
         actual, allowed = _JSON_TYPE_NAMES.get(type(value), "unknown"), _JSON_TYPE_NAMES[expected]
-        raise LifecyclePolicyInvalid.failure(
-            f'instance type ({actual}) does not match any allowed primitive type (allowed: ["{allowed}"])'
-        )
+        raise _invalid(f'instance type ({actual}) does not match any allowed primitive type (allowed: ["{allowed}"])')
     return value
 
 
 def _check_integer(value: object) -> int:
     number = _check_type(value, int)
     if number < 1:
-        raise LifecyclePolicyInvalid.failure(
-            f"numeric instance is lower than the required minimum (minimum: 1, found: {number})"
-        )
+        raise _invalid(f"numeric instance is lower than the required minimum (minimum: 1, found: {number})")
     return number
 
 
 def _check_enum(value: object, allowed: Sequence[str]) -> str:
     word = _check_type(value, str)
     if word not in allowed:
-        raise LifecyclePolicyInvalid.failure(
-            f"instance value ({word}) not found in enum :(possible values: {_names(allowed)})"
-        )
+        raise _invalid(f"instance value ({word}) not found in enum :(possible values: {_names(allowed)})")
     return word
 
 
@@ -363,9 +355,7 @@ def _optional_string_list(selection: dict[str, object], key: str) -> tuple[str, 
         return ()
     entries = _check_type(selection[key], list)
     if not entries:
-        raise LifecyclePolicyInvalid.failure(
-            "array is too short: must have at least 1 elements but instance has 0 elements"
-        )
+        raise _invalid("array is too short: must have at least 1 elements but instance has 0 elements")
     return tuple(_check_type(entry, str) for entry in entries)
 
 
@@ -382,16 +372,16 @@ def _check_rule_semantics(rule: Rule) -> None:
 def _check_tag_lists(selection: Selection) -> None:
     prefixes, patterns = selection.tag_prefixes, selection.tag_patterns
     if selection.tag_status is TagStatus.TAGGED and not (prefixes or patterns):
-        raise LifecyclePolicyInvalid.failure("Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED.")
+        raise _invalid("Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED.")
     if selection.tag_status is not TagStatus.TAGGED and (prefixes or patterns):
         listed = "tagPrefixList" if prefixes else "tagPatternList"
         status = selection.tag_status.upper()
-        raise LifecyclePolicyInvalid.failure(f"Cannot specify {listed} when tagStatus={status}.")
+        raise _invalid(f"Cannot specify {listed} when tagStatus={status}.")
     if prefixes and patterns:
-        raise LifecyclePolicyInvalid.failure("Cannot specify both tagPrefixList and tagPatternList in one rule.")
+        raise _invalid("Cannot specify both tagPrefixList and tagPatternList in one rule.")
     for pattern in patterns:
         if pattern.count("*") > MAX_WILDCARDS_PER_PATTERN:
-            raise LifecyclePolicyInvalid.failure(
+            raise _invalid(
                 f"Tag pattern {json.dumps(pattern)} has more than {MAX_WILDCARDS_PER_PATTERN} wildcards (*)."
             )
 
@@ -400,13 +390,11 @@ def _check_storage_class(selection: Selection) -> None:
     transitioned = selection.count_type is CountType.SINCE_IMAGE_TRANSITIONED
     archive = selection.storage_class is StorageClass.ARCHIVE
     if archive and not transitioned:
-        raise LifecyclePolicyInvalid.failure(
-            "storageClass archive can only be used with countType sinceImageTransitioned."
-        )
+        raise _invalid("storageClass archive can only be used with countType sinceImageTransitioned.")
     if transitioned and not archive:
-        raise LifecyclePolicyInvalid.failure("countType sinceImageTransitioned requires storageClass archive.")
+        raise _invalid("countType sinceImageTransitioned requires storageClass archive.")
     if transitioned and selection.count_number < MIN_ARCHIVE_DAYS:
-        raise LifecyclePolicyInvalid.failure(
+        raise _invalid(
             f"countNumber must be at least {MIN_ARCHIVE_DAYS} for countType sinceImageTransitioned: "
             f"archived images cannot be deleted sooner."
         )
@@ -415,13 +403,11 @@ def _check_storage_class(selection: Selection) -> None:
 def _check_action_fits(rule: Rule) -> None:
     count_type = rule.selection.count_type
     if rule.action is ActionType.TRANSITION and rule.target_storage_class is None:
-        raise LifecyclePolicyInvalid.failure("targetStorageClass is required when action type is transition.")
+        raise _invalid("targetStorageClass is required when action type is transition.")
     if count_type is CountType.SINCE_IMAGE_PULLED and rule.action is not ActionType.TRANSITION:
-        raise LifecyclePolicyInvalid.failure("countType sinceImagePulled can only be used with action type transition.")
+        raise _invalid("countType sinceImagePulled can only be used with action type transition.")
     if count_type is CountType.SINCE_IMAGE_TRANSITIONED and rule.action is not ActionType.EXPIRE:
-        raise LifecyclePolicyInvalid.failure(
-            "countType sinceImageTransitioned can only be used with action type expire."
-        )
+        raise _invalid("countType sinceImageTransitioned can only be used with action type expire.")
 
 
 # ----------------------------------------------------------------------------------------- across rules
@@ -440,26 +426,22 @@ def _check_unique_priorities(rules: Sequence[Rule]) -> None:
     counts = Counter(rule.priority for rule in rules)
     repeated = sorted(priority for priority, count in counts.items() if count > 1)
     if repeated:
-        raise LifecyclePolicyInvalid.failure(
-            f"Rule priorities must be unique: rulePriority {repeated[0]} is used by more than one rule."
-        )
+        raise _invalid(f"Rule priorities must be unique: rulePriority {repeated[0]} is used by more than one rule.")
 
 
 def _check_class_rules(rules: Sequence[Rule]) -> None:
     """The constraints ECR states per storage class."""
     statuses = [rule.selection.tag_status for rule in rules]
     if statuses.count(TagStatus.UNTAGGED) > 1:
-        raise LifecyclePolicyInvalid.failure("Only one rule can select Untagged images per storage class")
+        raise _invalid("Only one rule can select Untagged images per storage class")
     last = max(rule.priority for rule in rules)
     if any(rule.selection.tag_status is TagStatus.ANY and rule.priority != last for rule in rules):
-        raise LifecyclePolicyInvalid.failure("Rule for tagStatus=ANY must have the lowest priority per storage class")
+        raise _invalid("Rule for tagStatus=ANY must have the lowest priority per storage class")
     prefix_sets = [frozenset(rule.selection.tag_prefixes) for rule in rules if rule.selection.tag_prefixes]
     repeated = [prefixes for prefixes, count in Counter(prefix_sets).items() if count > 1]
     if repeated:
         listed = _names(repeated[0])
-        raise LifecyclePolicyInvalid.failure(
-            f"The tagPrefixList {listed} is used by more than one rule of the same storage class."
-        )
+        raise _invalid(f"The tagPrefixList {listed} is used by more than one rule of the same storage class.")
 
 
 # ============================================================================================ evaluation
@@ -545,9 +527,9 @@ def _index_repository(images: Sequence[ImageFacts]) -> _Repository:
     order = _oldest_first(images, pushed)
     classes = [image.storage_class for image in images]
     joined = [_TAG_SEPARATOR.join(image.tags) for image in images]
-    pools = {storage_class: [p for p in order if classes[p] is storage_class] for storage_class in StorageClass}
-    untagged = {storage_class: [p for p in pool if not joined[p]] for storage_class, pool in pools.items()}
-    tagged = {storage_class: [p for p in pool if joined[p]] for storage_class, pool in pools.items()}
+    pools = {kind: [p for p in order if classes[p] is kind] for kind in StorageClass}
+    untagged = {kind: [p for p in pool if not joined[p]] for kind, pool in pools.items()}
+    tagged = {kind: [p for p in pool if joined[p]] for kind, pool in pools.items()}
     return _Repository(images, pushed, joined, pools, untagged, tagged, _referenced_positions(images))
 
 
@@ -656,9 +638,10 @@ class _References:
 def _reference_graph(images: Sequence[ImageFacts]) -> _References:
     indexes = [image for image in images if image.child_digests]
     children = {child for index in indexes for child in index.child_digests}
-    dependent = {
-        image.digest: image for image in images if image.subject_digest is not None or image.digest in children
-    }
+    dependent: dict[str, ImageFacts] = {}
+    for image in images:
+        if image.subject_digest is not None or image.digest in children:
+            dependent[image.digest] = image
     parents: defaultdict[str, list[str]] = defaultdict(list)
     for index in indexes:
         for child in dict.fromkeys(index.child_digests):  # an index may list a manifest twice
@@ -701,7 +684,10 @@ def _settling_order(graph: _References) -> list[str]:
     return order
 
 
-def apply_reference_safety(actions: Sequence[PlannedAction], images: Sequence[ImageFacts]) -> list[PlannedAction]:
+def apply_reference_safety(
+    actions: Sequence[PlannedAction],
+    images: Sequence[ImageFacts],
+) -> list[PlannedAction]:
     """Dockyard's safety step over an evaluation result (not ECR behaviour; ECR users ask for it).
 
     Each image's final fate is settled after those of the indexes listing it and of its subject:
@@ -758,10 +744,14 @@ def _follow(image: ImageFacts, leader: PlannedAction | None) -> PlannedAction | 
         return None
     if leader.action is ActionType.TRANSITION and image.storage_class is not StorageClass.STANDARD:
         return None  # already archived: nothing to move
-    return PlannedAction(image, leader.action, leader.target_storage_class, leader.applied_rule_priority, leader.digest)
+    target, priority = leader.target_storage_class, leader.applied_rule_priority
+    return PlannedAction(image, leader.action, target, priority, follows=leader.digest)
 
 
-def _within_parents(fate: PlannedAction | None, parent_fates: Sequence[PlannedAction | None]) -> PlannedAction | None:
+def _within_parents(
+    fate: PlannedAction | None,
+    parent_fates: Sequence[PlannedAction | None],
+) -> PlannedAction | None:
     if fate is None or any(parent is None for parent in parent_fates):
         return None  # a kept index keeps every manifest it lists, as they are
     if fate.action is ActionType.EXPIRE and not all(_expires(parent) for parent in parent_fates):
@@ -848,8 +838,9 @@ def _preview_result(action: PlannedAction) -> PreviewResult:
 
 
 def _preview_summary(actions: Sequence[PlannedAction]) -> PreviewSummary:
-    summary: PreviewSummary = {"expiringImageTotalCount": sum(action.action is ActionType.EXPIRE for action in actions)}
-    moving = Counter(action.target_storage_class for action in actions if action.action is ActionType.TRANSITION)
+    expiring = sum(action.action is ActionType.EXPIRE for action in actions)
+    summary: PreviewSummary = {"expiringImageTotalCount": expiring}
+    moving = Counter(each.target_storage_class for each in actions if each.action is ActionType.TRANSITION)
     if moving:
         summary["transitioningImageTotalCounts"] = [
             {"targetStorageClass": target, "imageTotalCount": count}

@@ -43,7 +43,7 @@ class TokenSigner:
     def verify(self, token: str, now: datetime) -> dict[str, Any] | None:
         """The claims of a genuine, unexpired token; None for anything else."""
         payload, separator, mac = token.partition(".")
-        if not separator or not hmac.compare_digest(self._mac(payload), mac):
+        if not separator or not hmac.compare_digest(self._mac(payload).encode(), mac.encode()):
             return None
         try:
             claims = json.loads(_unb64(payload))

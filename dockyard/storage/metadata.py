@@ -96,7 +96,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-DIGEST = String(200)
+def _ordered_text(length: int) -> String:
+    """Text compared and sorted in byte order on every backend (PostgreSQL's default collation is not)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+DIGEST = _ordered_text(200)
 metadata_obj = MetaData()
 
 accounts = Table(
@@ -145,7 +150,7 @@ repositories = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("account_id", String(12), ForeignKey("accounts.id"), nullable=False),
     Column("region", String(32), nullable=False),
-    Column("name", String(256), nullable=False),
+    Column("name", _ordered_text(256), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("tag_mutability", String(32), nullable=False, server_default="MUTABLE"),
     Column("mutability_exclusions", Text, nullable=True),
@@ -217,7 +222,7 @@ tags = Table(
     "tags",
     metadata_obj,
     Column("repository_id", Integer, primary_key=True),
-    Column("name", String(128), primary_key=True),
+    Column("name", _ordered_text(128), primary_key=True),
     Column("digest", DIGEST, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     ForeignKeyConstraint(

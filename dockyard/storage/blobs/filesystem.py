@@ -123,7 +123,10 @@ class FilesystemBlobStore:
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
         with file:
             os.fsync(file.fileno())
-        self._publish(source, self._blob_path(digest))
+        try:
+            self._publish(source, self._blob_path(digest))
+        except FileNotFoundError:  # aborted between the fsync and the rename
+            raise BlobUploadUnknown(detail={"upload": upload_id}) from None
 
     def abort_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -26,7 +26,11 @@ def upgrade() -> None:
     )
     op.create_table(
         "blobs",
-        sa.Column("digest", sa.String(length=200), nullable=False),
+        sa.Column(
+            "digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("digest"),
@@ -49,7 +53,11 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("account_id", sa.String(length=12), nullable=False),
         sa.Column("region", sa.String(length=32), nullable=False),
-        sa.Column("name", sa.String(length=256), nullable=False),
+        sa.Column(
+            "name",
+            sa.String(length=256).with_variant(sa.String(length=256, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
@@ -62,11 +70,19 @@ def upgrade() -> None:
     op.create_table(
         "manifests",
         sa.Column("repository_id", sa.Integer(), nullable=False),
-        sa.Column("digest", sa.String(length=200), nullable=False),
+        sa.Column(
+            "digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("media_type", sa.String(length=255), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("artifact_type", sa.String(length=255), nullable=True),
-        sa.Column("subject_digest", sa.String(length=200), nullable=True),
+        sa.Column(
+            "subject_digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("annotations", sa.Text(), nullable=True),
         sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["repository_id"], ["repositories.id"], ondelete="CASCADE"),
@@ -78,7 +94,11 @@ def upgrade() -> None:
     op.create_table(
         "repository_blobs",
         sa.Column("repository_id", sa.Integer(), nullable=False),
-        sa.Column("digest", sa.String(length=200), nullable=False),
+        sa.Column(
+            "digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("linked_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["digest"],
@@ -101,8 +121,16 @@ def upgrade() -> None:
     op.create_table(
         "manifest_references",
         sa.Column("repository_id", sa.Integer(), nullable=False),
-        sa.Column("parent_digest", sa.String(length=200), nullable=False),
-        sa.Column("child_digest", sa.String(length=200), nullable=False),
+        sa.Column(
+            "parent_digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "child_digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("is_manifest", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["repository_id", "parent_digest"],
@@ -117,8 +145,16 @@ def upgrade() -> None:
     op.create_table(
         "tags",
         sa.Column("repository_id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("digest", sa.String(length=200), nullable=False),
+        sa.Column(
+            "name",
+            sa.String(length=128).with_variant(sa.String(length=128, collation="C"), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "digest",
+            sa.String(length=200).with_variant(sa.String(length=200, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["repository_id", "digest"], ["manifests.repository_id", "manifests.digest"], ondelete="CASCADE"
