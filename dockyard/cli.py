@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,11 @@ ROOT_CREDENTIALS_FILE = "root-credentials.json"
 
 app.add_typer(admin_app, name="admin")
 app.add_typer(lifecycle_app, name="lifecycle")
+
+
+class AuthChallenge(StrEnum):
+    basic = "basic"
+    bearer = "bearer"
 
 
 @app.callback()
@@ -69,12 +75,18 @@ def serve(
         bool, typer.Option(help="Create a repository when an image is first pushed to it.")
     ] = True,
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    auth_challenge: Annotated[
+        AuthChallenge,
+        typer.Option(help="How /v2 asks for credentials: basic (as ECR) or bearer (Docker's token flow at /token)."),
+    ] = AuthChallenge.basic,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     account = default_account or _remembered_account(data_dir) or _new_account_id()
-    settings = Settings(data_dir, account, default_region, host, port, database, create_on_push, workers)
+    settings = Settings(
+        data_dir, account, default_region, host, port, database, create_on_push, workers, auth_challenge.value
+    )
     services = prepare(settings)
     credentials = _bootstrap_credentials(services, settings)
     _announce(settings, credentials)

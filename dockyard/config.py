@@ -24,6 +24,7 @@ class Settings:
     database_url: str | None = None
     create_on_push: bool = True
     workers: int = 1
+    auth_challenge: str = "basic"  # "basic" (as ECR) or "bearer" (Docker's token flow)
 
     @property
     def database(self) -> str:

@@ -15,6 +15,7 @@ from dockyard.domain.accounts import Accounts
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.ecr_api import ECR_TARGET, EcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
@@ -37,6 +38,7 @@ class Services:
         master_key = load_master_key(settings.data_dir)
         self.box = SecretBox(master_key)
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
+        self.registry_tokens = RegistryTokens(TokenSigner(derive_key(master_key, "registry-bearer-token")))
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
         self.authenticator = Authenticator(self.metadata, self.box)
         self.audit = JsonLinesAudit(settings.data_dir / "audit.log")
@@ -87,6 +89,7 @@ class Dockyard:
             settings.default_account,
             settings.default_region,
             realm=settings.public_url,
+            bearer=services.registry_tokens if settings.auth_challenge == "bearer" else None,
         )
 
         self.ecr_door: ASGIApp = EcrDoor(
@@ -106,7 +109,7 @@ class Dockyard:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        if path == "/v2" or path.startswith("/v2/"):
+        if path == "/v2" or path.startswith("/v2/") or path == "/token":
             await self.registry_door(scope, receive, send)
             return
         if scope["method"] == "POST" and path == "/":

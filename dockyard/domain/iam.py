@@ -63,6 +63,7 @@ class Authenticator:
         self._credentials = credentials
         self._box = box
         self._verified: TtlCache[Principal | None] = TtlCache(cache_seconds)
+        self._keys: TtlCache[Credential | None] = TtlCache(cache_seconds)
 
     def from_access_key(self, access_key_id: str, secret: str) -> Principal:
         key = (access_key_id, hashlib.sha256(secret.encode()).digest())
@@ -77,6 +78,14 @@ class Authenticator:
         # Compare against a dummy when the key is unknown, so timing does not reveal which keys exist.
         expected = self._box.open(credential.sealed_secret) if credential else secrets.token_urlsafe(30)
         if not hmac.compare_digest(expected.encode(), secret.encode()) or credential is None:
+            return None
+        return Principal(credential.account_id, credential.user_name, credential.access_key_id)
+
+    def principal_for_key(self, access_key_id: str) -> Principal | None:
+        """The principal an access key belongs to (cached briefly), or None when the key is gone."""
+        credential = self._keys.get_or_load(access_key_id, lambda: self._credentials.get_credential(access_key_id))
+        if credential is None:
+            self._keys.invalidate(access_key_id)
             return None
         return Principal(credential.account_id, credential.user_name, credential.access_key_id)
 

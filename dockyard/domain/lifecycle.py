@@ -191,6 +191,35 @@ class PlannedAction:
 
 _invalid: Final = LifecyclePolicyInvalid.failure
 
+# ECR's texts: its JSON-schema validator's (as users report them and moto mirrors them; name lists print
+# sorted, as JSON) and its semantic checks' where known.
+_NOT_AN_OBJECT: Final = "Could not map policyString into LifecyclePolicy."
+_MISSING: Final = "object has missing required properties ({})"
+_NOT_ALLOWED: Final = "object instance has properties which are not allowed by the schema: ({})"
+_WRONG_TYPE: Final = 'instance type ({}) does not match any allowed primitive type (allowed: ["{}"])'
+_TOO_SMALL: Final = "numeric instance is lower than the required minimum (minimum: 1, found: {})"
+_NOT_IN_ENUM: Final = "instance value ({}) not found in enum :(possible values: {})"
+_TOO_FEW: Final = "array is too short: must have at least 1 elements but instance has 0 elements"
+_TOO_MANY: Final = "array is too long: must have at most {} elements but instance has {} elements"
+_ONE_OF: Final = "instance failed to match exactly one schema (matched 0 out of 2)"
+_NO_TAG_LIST: Final = "Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED."
+_UNTAGGED_TWICE: Final = "Only one rule can select Untagged images per storage class"
+_ANY_NOT_LAST: Final = "Rule for tagStatus=ANY must have the lowest priority per storage class"
+# Dockyard's wording where ECR's is not known, in the same style.
+_TAG_LIST_FORBIDDEN: Final = "Cannot specify {} when tagStatus={}."
+_BOTH_TAG_LISTS: Final = "Cannot specify both tagPrefixList and tagPatternList in one rule."
+_TOO_MANY_WILDCARDS: Final = "Tag pattern {} has more than {} wildcards (*)."
+_ARCHIVE_POOL_MISUSED: Final = "storageClass archive can only be used with countType sinceImageTransitioned."
+_TRANSITIONED_NEEDS_ARCHIVE: Final = "countType sinceImageTransitioned requires storageClass archive."
+_ARCHIVE_TOO_SOON: Final = (
+    "countType sinceImageTransitioned needs a countNumber of at least {}: archived images stay that long."
+)
+_NO_TARGET: Final = "targetStorageClass is required when action type is transition."
+_PULLED_EXPIRES: Final = "countType sinceImagePulled can only be used with action type transition."
+_TRANSITIONED_MOVES: Final = "countType sinceImageTransitioned can only be used with action type expire."
+_DUPLICATE_PRIORITY: Final = "Rule priorities must be unique: rulePriority {} is used by more than one rule."
+_DUPLICATE_PREFIXES: Final = "The tagPrefixList {} is used by more than one rule of the same storage class."
+
 _JSON_TYPE_NAMES: Final[Mapping[type, str]] = {
     bool: "boolean",
     int: "integer",
@@ -242,7 +271,7 @@ def _load_json(text: str) -> dict[str, object]:
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
-        raise _invalid("Could not map policyString into LifecyclePolicy.")
+        raise _invalid(_NOT_AN_OBJECT)
     return document
 
 
@@ -250,10 +279,9 @@ def _rules_array(document: dict[str, object]) -> list[object]:
     _check_object(document, frozenset({"rules"}), frozenset())
     rules = _check_type(document["rules"], list)
     if not rules:
-        raise _invalid("array is too short: must have at least 1 elements but instance has 0 elements")
+        raise _invalid(_TOO_FEW)
     if len(rules) > MAX_RULES:
-        found = len(rules)
-        raise _invalid(f"array is too long: must have at most {MAX_RULES} elements but instance has {found} elements")
+        raise _invalid(_TOO_MANY.format(MAX_RULES, len(rules)))
     return rules
 
 
@@ -307,7 +335,7 @@ def _parse_action(raw: object) -> tuple[ActionType, StorageClass | None]:
 
 
 def _one_of_failure() -> LifecyclePolicyInvalid:
-    return _invalid("instance failed to match exactly one schema (matched 0 out of 2)")
+    return _invalid(_ONE_OF)
 
 
 def _names(names: Iterable[str]) -> str:
@@ -318,10 +346,10 @@ def _check_object(value: object, required: frozenset[str], optional: frozenset[s
     document = _check_type(value, dict)
     missing = required - document.keys()
     if missing:
-        raise _invalid(f"object has missing required properties ({_names(missing)})")
+        raise _invalid(_MISSING.format(_names(missing)))
     unknown = document.keys() - required - optional
     if unknown:
-        raise _invalid(f"object instance has properties which are not allowed by the schema: ({_names(unknown)})")
+        raise _invalid(_NOT_ALLOWED.format(_names(unknown)))
     return document
 
 
@@ -332,21 +360,21 @@ def _check_type(value: object, expected: type[_T]) -> _T:
     # `type(...) is`, not isinstance: JSON booleans are not integers.
     if type(value) is not expected:
         actual, allowed = _JSON_TYPE_NAMES.get(type(value), "unknown"), _JSON_TYPE_NAMES[expected]
-        raise _invalid(f'instance type ({actual}) does not match any allowed primitive type (allowed: ["{allowed}"])')
+        raise _invalid(_WRONG_TYPE.format(actual, allowed))
     return value
 
 
 def _check_integer(value: object) -> int:
     number = _check_type(value, int)
     if number < 1:
-        raise _invalid(f"numeric instance is lower than the required minimum (minimum: 1, found: {number})")
+        raise _invalid(_TOO_SMALL.format(number))
     return number
 
 
 def _check_enum(value: object, allowed: Sequence[str]) -> str:
     word = _check_type(value, str)
     if word not in allowed:
-        raise _invalid(f"instance value ({word}) not found in enum :(possible values: {_names(allowed)})")
+        raise _invalid(_NOT_IN_ENUM.format(word, _names(allowed)))
     return word
 
 
@@ -355,7 +383,7 @@ def _optional_string_list(selection: dict[str, object], key: str) -> tuple[str, 
         return ()
     entries = _check_type(selection[key], list)
     if not entries:
-        raise _invalid("array is too short: must have at least 1 elements but instance has 0 elements")
+        raise _invalid(_TOO_FEW)
     return tuple(_check_type(entry, str) for entry in entries)
 
 
@@ -372,42 +400,37 @@ def _check_rule_semantics(rule: Rule) -> None:
 def _check_tag_lists(selection: Selection) -> None:
     prefixes, patterns = selection.tag_prefixes, selection.tag_patterns
     if selection.tag_status is TagStatus.TAGGED and not (prefixes or patterns):
-        raise _invalid("Must specify tagPrefixList or tagPatternList when tagStatus=TAGGED.")
+        raise _invalid(_NO_TAG_LIST)
     if selection.tag_status is not TagStatus.TAGGED and (prefixes or patterns):
         listed = "tagPrefixList" if prefixes else "tagPatternList"
         status = selection.tag_status.upper()
-        raise _invalid(f"Cannot specify {listed} when tagStatus={status}.")
+        raise _invalid(_TAG_LIST_FORBIDDEN.format(listed, status))
     if prefixes and patterns:
-        raise _invalid("Cannot specify both tagPrefixList and tagPatternList in one rule.")
+        raise _invalid(_BOTH_TAG_LISTS)
     for pattern in patterns:
         if pattern.count("*") > MAX_WILDCARDS_PER_PATTERN:
-            raise _invalid(
-                f"Tag pattern {json.dumps(pattern)} has more than {MAX_WILDCARDS_PER_PATTERN} wildcards (*)."
-            )
+            raise _invalid(_TOO_MANY_WILDCARDS.format(json.dumps(pattern), MAX_WILDCARDS_PER_PATTERN))
 
 
 def _check_storage_class(selection: Selection) -> None:
     transitioned = selection.count_type is CountType.SINCE_IMAGE_TRANSITIONED
     archive = selection.storage_class is StorageClass.ARCHIVE
     if archive and not transitioned:
-        raise _invalid("storageClass archive can only be used with countType sinceImageTransitioned.")
+        raise _invalid(_ARCHIVE_POOL_MISUSED)
     if transitioned and not archive:
-        raise _invalid("countType sinceImageTransitioned requires storageClass archive.")
+        raise _invalid(_TRANSITIONED_NEEDS_ARCHIVE)
     if transitioned and selection.count_number < MIN_ARCHIVE_DAYS:
-        raise _invalid(
-            f"countNumber must be at least {MIN_ARCHIVE_DAYS} for countType sinceImageTransitioned: "
-            f"archived images cannot be deleted sooner."
-        )
+        raise _invalid(_ARCHIVE_TOO_SOON.format(MIN_ARCHIVE_DAYS))
 
 
 def _check_action_fits(rule: Rule) -> None:
     count_type = rule.selection.count_type
     if rule.action is ActionType.TRANSITION and rule.target_storage_class is None:
-        raise _invalid("targetStorageClass is required when action type is transition.")
+        raise _invalid(_NO_TARGET)
     if count_type is CountType.SINCE_IMAGE_PULLED and rule.action is not ActionType.TRANSITION:
-        raise _invalid("countType sinceImagePulled can only be used with action type transition.")
+        raise _invalid(_PULLED_EXPIRES)
     if count_type is CountType.SINCE_IMAGE_TRANSITIONED and rule.action is not ActionType.EXPIRE:
-        raise _invalid("countType sinceImageTransitioned can only be used with action type expire.")
+        raise _invalid(_TRANSITIONED_MOVES)
 
 
 # ----------------------------------------------------------------------------------------- across rules
@@ -426,22 +449,22 @@ def _check_unique_priorities(rules: Sequence[Rule]) -> None:
     counts = Counter(rule.priority for rule in rules)
     repeated = sorted(priority for priority, count in counts.items() if count > 1)
     if repeated:
-        raise _invalid(f"Rule priorities must be unique: rulePriority {repeated[0]} is used by more than one rule.")
+        raise _invalid(_DUPLICATE_PRIORITY.format(repeated[0]))
 
 
 def _check_class_rules(rules: Sequence[Rule]) -> None:
     """The constraints ECR states per storage class."""
     statuses = [rule.selection.tag_status for rule in rules]
     if statuses.count(TagStatus.UNTAGGED) > 1:
-        raise _invalid("Only one rule can select Untagged images per storage class")
+        raise _invalid(_UNTAGGED_TWICE)
     last = max(rule.priority for rule in rules)
     if any(rule.selection.tag_status is TagStatus.ANY and rule.priority != last for rule in rules):
-        raise _invalid("Rule for tagStatus=ANY must have the lowest priority per storage class")
+        raise _invalid(_ANY_NOT_LAST)
     prefix_sets = [frozenset(rule.selection.tag_prefixes) for rule in rules if rule.selection.tag_prefixes]
     repeated = [prefixes for prefixes, count in Counter(prefix_sets).items() if count > 1]
     if repeated:
         listed = _names(repeated[0])
-        raise _invalid(f"The tagPrefixList {listed} is used by more than one rule of the same storage class.")
+        raise _invalid(_DUPLICATE_PREFIXES.format(listed))
 
 
 # ============================================================================================ evaluation

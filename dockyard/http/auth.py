@@ -11,13 +11,14 @@ from starlette.requests import Request
 
 from dockyard.domain.errors import Unauthorized
 from dockyard.domain.iam import Authenticator, LoginTokens, Principal
+from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     if not authorization:
         return None
     scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
+    if scheme.lower() not in ("basic", "bearer"):
         raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
     try:
         user, separator, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
@@ -28,17 +29,33 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who calls the registry door: None for anonymous; an ECR token also names the registry it is for."""
+    """Who calls the registry door: None for anonymous; an ECR token also names the registry it is for, a
+    bearer token the scopes it grants."""
 
     principal: Principal | None
     registry_account: str | None = None
+    grant: BearerGrant | None = None
 
 
-def registry_caller(request: Request, authenticator: Authenticator, tokens: LoginTokens, now: datetime) -> Caller:
-    """HTTP Basic with either user `AWS` and a GetAuthorizationToken password, or an access key id and secret."""
-    credentials = basic_credentials(request.headers.get("authorization"))
+def registry_caller(
+    request: Request,
+    authenticator: Authenticator,
+    tokens: LoginTokens,
+    bearer: RegistryTokens | None,
+    now: datetime,
+) -> Caller:
+    """HTTP Basic (user `AWS` with a GetAuthorizationToken password, or an access key id and secret), or a
+    Bearer token from the token endpoint when that flow is enabled."""
+    authorization = request.headers.get("authorization")
+    if bearer is not None and authorization and authorization[:7].lower() == "bearer ":
+        grant = bearer.verify(authorization[7:].strip(), now, authenticator.principal_for_key)
+        return Caller(grant.principal, grant.registry_account, grant)
+    credentials = basic_credentials(authorization)
     if credentials is None:
         return Caller(None)
     user, password = credentials

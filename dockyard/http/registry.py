@@ -34,7 +34,8 @@ from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principa
 from dockyard.domain.images import BlobAppender, Registry, page_size
 from dockyard.domain.manifests import MAX_MANIFEST_BYTES
 from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
-from dockyard.http.auth import Caller, registry_caller, request_context
+from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
+from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.metrics import LATENCY, REQUESTS
 
@@ -56,6 +57,29 @@ class Call:
     principal: Principal | None
     ref: RepositoryRef
     params: dict[str, str]
+    grant: BearerGrant | None = None
+
+
+@dataclass
+class Trace:
+    """What the error path and metrics need to know about a request once it has been routed."""
+
+    route: str = "unmatched"
+    scope: str | None = None  # the token scope the request needs, for a Bearer challenge
+
+
+# The token-flow action each ECR action belongs to.
+_SCOPE_OF: Final = {
+    "ecr:BatchGetImage": "pull",
+    "ecr:GetDownloadUrlForLayer": "pull",
+    "ecr:BatchCheckLayerAvailability": "pull",
+    "ecr:ListImages": "pull",
+    "ecr:InitiateLayerUpload": "push",
+    "ecr:UploadLayerPart": "push",
+    "ecr:CompleteLayerUpload": "push",
+    "ecr:PutImage": "push",
+    "ecr:BatchDeleteImage": "delete",
+}
 
 
 class RegistryDoor:
@@ -70,6 +94,7 @@ class RegistryDoor:
         default_account: str,
         default_region: str,
         realm: str,
+        bearer: RegistryTokens | None = None,
     ) -> None:
         self.registry = registry
         self.authenticator = authenticator
@@ -77,7 +102,8 @@ class RegistryDoor:
         self.authorizer = authorizer
         self.default_account = default_account
         self.default_region = default_region
-        self.challenge = f'Basic realm="{realm}",service="dockyard"'
+        self.realm = realm
+        self.bearer = bearer
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self.start_upload}),
             (
@@ -110,28 +136,42 @@ class RegistryDoor:
         request = Request(scope, receive)
         head = request.method == "HEAD"
         started = time.perf_counter()
-        route = ["unmatched"]
+        trace = Trace()
         try:
-            response = await self.dispatch(request, route)
+            response = await self.dispatch(request, trace)
         except DockyardError as error:
-            response = oci_error_response(error, head, self.challenge)
+            response = oci_error_response(error, head, self.challenge(trace, error))
         except Exception as exc:
             response = unexpected_error_response(exc, head)
         response.headers.update(API_VERSION_HEADER)
-        LATENCY.labels("registry", route[0]).observe(time.perf_counter() - started)
-        REQUESTS.labels("registry", route[0], request.method, str(response.status_code)).inc()
+        LATENCY.labels("registry", trace.route).observe(time.perf_counter() - started)
+        REQUESTS.labels("registry", trace.route, request.method, str(response.status_code)).inc()
         await response(scope, receive, send)
 
-    async def dispatch(self, request: Request, route: list[str]) -> Response:
-        """Route the request; `route` receives the handler's name for metrics."""
+    def challenge(self, trace: Trace, error: DockyardError) -> str:
+        if self.bearer is None:
+            return f'Basic realm="{self.realm}",service="dockyard"'
+        parts = [f'Bearer realm="{self.realm}/token"', 'service="dockyard"']
+        if trace.scope:
+            parts.append(f'scope="{trace.scope}"')
+        if error.detail == INSUFFICIENT_SCOPE:
+            parts.append('error="insufficient_scope"')
+        return ",".join(parts)
+
+    async def dispatch(self, request: Request, trace: Trace) -> Response:
+        """Route the request; `trace` learns the route (metrics) and the scope it needs (challenges)."""
         path = request.url.path
-        caller = registry_caller(request, self.authenticator, self.login_tokens, self.registry.clock())
+        if path == "/token":
+            trace.route = "token"
+            return await self.token_endpoint(request)
+        caller = registry_caller(request, self.authenticator, self.login_tokens, self.bearer, self.registry.clock())
         principal = caller.principal
         if path in ("/v2", "/v2/"):
-            route[0] = "base"
-            return self.base(principal)
+            trace.route = "base"
+            return self.base(caller)
         if path == "/v2/_catalog":
-            route[0] = "catalog"
+            trace.route = "catalog"
+            trace.scope = "registry:catalog:*"
             return self.catalog(request, caller)
         for pattern, handlers in self.routes:
             match = pattern.fullmatch(path)
@@ -140,10 +180,11 @@ class RegistryDoor:
             handler = handlers.get(request.method)
             if handler is None:
                 return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
-            route[0] = handler.__name__
+            trace.route = handler.__name__
             params = match.groupdict()
             ref = self.repository_ref(request, caller, check_repository_name(params.pop("name")))
-            return await handler(Call(request, principal, ref, params))
+            trace.scope = f"repository:{ref.name}:{'pull' if request.method in ('GET', 'HEAD') else 'pull,push'}"
+            return await handler(Call(request, principal, ref, params, caller.grant))
         raise NameUnknown(f"no registry route for {path!r}")
 
     def repository_ref(self, request: Request, caller: Caller, name: str) -> RepositoryRef:
@@ -158,16 +199,55 @@ class RegistryDoor:
         return RepositoryRef(account, self.default_region, name)
 
     def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None) -> None:
-        self.authorizer.authorize(call.principal, action, ref or call.ref, request_context(call.request))
+        target = ref or call.ref
+        if call.grant is not None and not call.grant.allows("repository", target.name, _SCOPE_OF[action]):
+            raise Unauthorized(
+                f"the bearer token does not grant {_SCOPE_OF[action]} on {target.name}", INSUFFICIENT_SCOPE
+            )
+        self.authorizer.authorize(call.principal, action, target, request_context(call.request))
 
     # ------------------------------------------------------------------------------------ base, catalog
 
-    def base(self, principal: Principal | None) -> Response:
-        if principal is None:
+    def base(self, caller: Caller) -> Response:
+        if caller.principal is None and caller.grant is None:
             raise Unauthorized("authentication required")
         return _json({})
 
+    async def token_endpoint(self, request: Request) -> Response:
+        """Docker's token endpoint (GET with query, or the OAuth2 form POST): scopes intersected with IAM."""
+        if self.bearer is None:
+            raise NameUnknown("the token endpoint is enabled with --auth-challenge bearer")
+        form = dict(await request.form()) if request.method == "POST" else {}
+        scope_texts = request.query_params.getlist("scope") + ([str(form["scope"])] if "scope" in form else [])
+        caller = registry_caller(request, self.authenticator, self.login_tokens, None, self.registry.clock())
+        if caller.principal is None and form.get("password"):
+            principal = self.authenticator.from_access_key(str(form.get("username", "")), str(form["password"]))
+            caller = Caller(principal)
+        ref = self.repository_ref(request, caller, "token")
+        context = request_context(request)
+        token, expires_at, _ = await run_in_threadpool(
+            self.bearer.issue,
+            caller.principal,
+            ref.account_id,
+            ref.region,
+            parse_scopes(scope_texts),
+            lambda principal, action, target: self.authorizer.allowed(principal, action, target, context),
+            lambda principal: principal is not None and principal.account_id == ref.account_id,
+            self.registry.clock(),
+        )
+        now = self.registry.clock()
+        return _json(
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": int((expires_at - now).total_seconds()),
+                "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+
     def catalog(self, request: Request, caller: Caller) -> Response:
+        if caller.grant is not None and not caller.grant.allows("registry", "catalog", "*"):
+            raise Unauthorized("the bearer token does not grant registry:catalog:*", INSUFFICIENT_SCOPE)
         ref = self.repository_ref(request, caller, "catalog")
         self.authorizer.authorize_account(
             caller.principal, "ecr:DescribeRepositories", ref.account_id, request_context(request)

@@ -245,11 +245,13 @@ _SCHEMES: Final[Mapping[str, VersionScheme]] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)  # a database names a few hundred ecosystems at most
 def scheme_for(ecosystem: str) -> VersionScheme | None:
     """The version ordering of an OSV ecosystem (release qualifiers ignored), None when we have none."""
     return _SCHEMES.get(Ecosystem.parse(ecosystem).name)
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_name(ecosystem: str, name: str) -> str:
     """The name as the ecosystem compares it: PEP 503 for PyPI (`Jinja2` is `jinja2`), verbatim elsewhere."""
     return str(canonicalize_name(name)) if Ecosystem.parse(ecosystem).name == "PyPI" else name
@@ -411,6 +413,7 @@ def _one_decimal(score: Any) -> Decimal:
     return Decimal(str(score)).quantize(Decimal("0.1"))
 
 
+@functools.lru_cache(maxsize=4096)  # the same few thousand vectors recur across a whole database
 def cvss_score(kind: str, vector: str) -> CvssScore | None:
     """The base score of an OSV severity vector (computed by the `cvss` library); None if unreadable."""
     text = vector.strip()

@@ -269,6 +269,7 @@ def _apk_tail_cmp(left: _ApkToken, right: _ApkToken) -> int:
     return _sign(right.kind - left.kind)
 
 
+@functools.lru_cache(maxsize=65536)
 def _apk_valid(version: str) -> bool:
     return all(token.kind != _INVALID for token in _apk_tokens(version))
 
