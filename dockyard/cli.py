@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -95,19 +96,10 @@ def serve(
 
 
 def _run_server(settings: Settings) -> None:
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    Granian(
-        "dockyard.server:create_app",
-        factory=True,
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        log_access=False,
-        http1_settings=None,
-    ).serve()
+    """Replace this process with the lean supervisor (same PID, so signals reach it as before)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "dockyard.launcher"])  # noqa: S606 (our own module)
 
 
 def _remembered_account(data_dir: Path) -> str | None:
@@ -149,8 +141,10 @@ def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
         )
         console.print(f"  access key id:     {credentials.access_key_id}")
         console.print(f"  secret access key: {credentials.secret_access_key}")
+    elif os.environ.get(ROOT_SECRET_ENV):
+        console.print(f"Root credentials: access key id {os.environ.get(ROOT_KEY_ID_ENV)} (from {ROOT_KEY_ID_ENV})")
     else:
-        console.print(f"Root credentials: see {ROOT_KEY_ID_ENV} or {settings.data_dir / ROOT_CREDENTIALS_FILE}")
+        console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
     host = settings.public_url.removeprefix("http://")
     console.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
 

@@ -850,13 +850,14 @@ def _preview_result(action: PlannedAction) -> PreviewResult:
     rule_action: RuleAction = {"type": action.action}
     if action.target_storage_class is not None:
         rule_action["targetStorageClass"] = action.target_storage_class
+    image = action.image  # once, not through the properties: previews can list 100,000 images
     return {
-        "imageTags": list(action.tags),
-        "imageDigest": action.digest,
-        "imagePushedAt": action.pushed_at,
+        "imageTags": list(image.tags),
+        "imageDigest": image.digest,
+        "imagePushedAt": image.pushed_at,
         "action": rule_action,
         "appliedRulePriority": action.applied_rule_priority,
-        "storageClass": action.storage_class,
+        "storageClass": image.storage_class,
     }
 
 
