@@ -169,7 +169,12 @@ class Authorizer:
         repository: RepositoryRef,
         context: Mapping[str, str] | None = None,
     ) -> None:
-        """Raise Unauthorized (no principal) or Denied unless the principal may act on the repository."""
+        """Raise Unauthorized (no principal) or Denied unless the principal may act on the repository.
+
+        Anyone, anonymous callers included, may read a public repository; nobody anonymous may write."""
+        if repository.is_public and action in PUBLIC_READ_ACTIONS:
+            self._record(principal, action, repository.arn, "ALLOW_PUBLIC", context)
+            return
         if principal is None:
             self._record(None, action, repository.arn, "Unauthenticated", context)
             raise Unauthorized(f"authentication required for {action}")
@@ -196,6 +201,8 @@ class Authorizer:
         self, principal: Principal | None, action: str, repository: RepositoryRef, context: Mapping[str, str] | None
     ) -> bool:
         """The same decision without raising or auditing (filters listings)."""
+        if repository.is_public and action in PUBLIC_READ_ACTIONS:
+            return True
         return principal is not None and self.decide(principal, action, repository, context).allowed
 
     def decide(
@@ -279,6 +286,10 @@ class ParsedPolicy:
 
 
 REPOSITORY_POLICY_KIND: Final = "repository-policy"
+# What anyone may do on a public repository (ECR Public: anonymous pulls).
+PUBLIC_READ_ACTIONS: Final = frozenset(
+    {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability", "ecr:ListImages"}
+)
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ _TOO_MANY_WILDCARDS: Final = "Tag pattern {} has more than {} wildcards (*)."
 _ARCHIVE_POOL_MISUSED: Final = "storageClass archive can only be used with countType sinceImageTransitioned."
 _TRANSITIONED_NEEDS_ARCHIVE: Final = "countType sinceImageTransitioned requires storageClass archive."
 _ARCHIVE_TOO_SOON: Final = (
-    "countType sinceImageTransitioned needs a countNumber of at least {}: archived images stay that long."
+    "countType sinceImageTransitioned needs countNumber of at least {}: archived images stay that long."
 )
 _NO_TARGET: Final = "targetStorageClass is required when action type is transition."
 _PULLED_EXPIRES: Final = "countType sinceImagePulled can only be used with action type transition."

@@ -72,6 +72,17 @@ def check_repository_name(name: str) -> str:
     return name
 
 
+def check_private_repository_name(name: str) -> str:
+    """A private repository may not sit under `public/`: that path prefix addresses ECR Public registries."""
+    check_repository_name(name)
+    if name.startswith(PUBLIC_PATH_PREFIX):
+        raise NameInvalid(
+            f"repository names starting with {PUBLIC_PATH_PREFIX!r} are reserved for public registries",
+            detail={"name": name},
+        )
+    return name
+
+
 def check_tag(tag: str) -> str:
     if not TAG_RE.fullmatch(tag):
         raise TagInvalid(f"invalid tag {tag!r}", detail={"tag": tag})
@@ -90,6 +101,13 @@ def check_region(region: str) -> str:
     return region
 
 
+# ECR Public repositories live in their own registry per account; they are keyed with this pseudo-region.
+PUBLIC_REGION: Final = "public"
+# On the registry door they are reached as <host>/public/<registry alias>/<repository>.
+PUBLIC_PATH_PREFIX: Final = "public/"
+ALIAS_RE: Final = re.compile(r"[a-z][a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
 @dataclass(frozen=True)
 class RepositoryRef:
     """Where a repository lives: every repository is keyed by account, region and name."""
@@ -99,7 +117,13 @@ class RepositoryRef:
     name: str
 
     @property
+    def is_public(self) -> bool:
+        return self.region == PUBLIC_REGION
+
+    @property
     def arn(self) -> str:
+        if self.is_public:
+            return f"arn:aws:ecr-public::{self.account_id}:repository/{self.name}"
         return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{self.name}"
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from dockyard.domain.cache import TtlCache
 from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import InvalidParameter, RegistryPolicyNotFound
+from dockyard.domain.names import ALIAS_RE, PUBLIC_REGION
 from dockyard.domain.policies import Policy, PolicyInvalid
 from dockyard.domain.ports import Document, DocumentStore
 
@@ -28,10 +30,44 @@ _ALL_ECR_ACTIONS_SAMPLE: Final = (
 )
 
 
+PUBLIC_ALIAS: Final = "public-alias"
+
+
 class Registries:
     def __init__(self, store: DocumentStore, clock: Clock = utc_now) -> None:
         self.store = store
         self.clock = clock
+        # Alias -> account is read by every public pull; aliases change rarely.
+        self._alias_owners: TtlCache[str | None] = TtlCache(5.0)
+
+    # ------------------------------------------------------------------------------------ public registry
+
+    def public_alias(self, account_id: str) -> str:
+        """The account's public registry alias, given a default one (`r<account id>`) on first use."""
+        document = self.store.get_registry_document(account_id, PUBLIC_REGION, PUBLIC_ALIAS)
+        if document is not None:
+            return document.text
+        alias = f"r{account_id}"
+        self.store.put_registry_document(account_id, PUBLIC_REGION, PUBLIC_ALIAS, alias, self.clock())
+        return alias
+
+    def set_public_alias(self, account_id: str, alias: str) -> str:
+        if not ALIAS_RE.fullmatch(alias) or not 2 <= len(alias) <= 50:
+            raise InvalidParameter(f"Invalid registry alias {alias!r}: 2-50 lowercase letters, digits, '.', '_', '-'")
+        owner = self.store.find_registry_document(PUBLIC_REGION, PUBLIC_ALIAS, alias)
+        if owner is not None and owner != account_id:
+            raise InvalidParameter(f"The registry alias {alias!r} is already taken")
+        self.store.put_registry_document(account_id, PUBLIC_REGION, PUBLIC_ALIAS, alias, self.clock())
+        self._alias_owners.clear()
+        return alias
+
+    def account_for_alias(self, alias: str) -> str | None:
+        owner = self._alias_owners.get_or_load(
+            alias, lambda: self.store.find_registry_document(PUBLIC_REGION, PUBLIC_ALIAS, alias)
+        )
+        if owner is None:
+            self._alias_owners.invalidate(alias)
+        return owner
 
     def set_policy(self, account_id: str, region: str, text: str) -> str:
         try:

@@ -74,7 +74,7 @@ class RegistryTokens:
         self,
         principal: Principal | None,
         registry_account: str,
-        region: str,
+        resolve: Callable[[str], RepositoryRef | None],
         requested: list[Scope],
         allowed: Allowed,
         allowed_catalog: Callable[[Principal | None], bool],
@@ -86,11 +86,11 @@ class RegistryTokens:
             if scope.type == "registry":
                 actions = frozenset(scope.actions if scope.name == "catalog" and allowed_catalog(principal) else ())
             else:
-                ref = RepositoryRef(registry_account, region, scope.name)
+                ref = resolve(scope.name)
                 actions = frozenset(
                     action
                     for action in _expand(scope.actions)
-                    if all(allowed(principal, ecr_action, ref) for ecr_action in SCOPE_ACTIONS[action])
+                    if ref is not None and all(allowed(principal, a, ref) for a in SCOPE_ACTIONS[action])
                 )
             granted.append(Scope(scope.type, scope.name, actions))
         claims: dict[str, Any] = {

@@ -21,7 +21,7 @@ from dockyard.domain.errors import (
 )
 from dockyard.domain.iam import REPOSITORY_POLICY_KIND as REPOSITORY_POLICY
 from dockyard.domain.lifecycle import parse_policy
-from dockyard.domain.names import Digest, RepositoryRef, check_repository_name
+from dockyard.domain.names import Digest, RepositoryRef, check_private_repository_name, check_repository_name
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import Document, MetadataStore, Repository, RepositorySettings, TagGuard
 from dockyard.domain.quotas import Quotas
@@ -121,7 +121,7 @@ class Repositories:
     def create(
         self, ref: RepositoryRef, settings: RepositorySettings, tags: Sequence[tuple[str, str]] = ()
     ) -> Repository:
-        check_repository_name(ref.name)
+        check_repository_name(ref.name) if ref.is_public else check_private_repository_name(ref.name)
         check_settings(settings)
         resource_tags = check_resource_tags(tags)
         count = self.metadata.count_repositories(ref.account_id, ref.region)

@@ -33,7 +33,14 @@ from dockyard.domain.errors import (
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
 from dockyard.domain.images import BlobAppender, Registry, page_size
 from dockyard.domain.manifests import MAX_MANIFEST_BYTES
-from dockyard.domain.names import Digest, RepositoryRef, check_repository_name, registry_from_host
+from dockyard.domain.names import (
+    PUBLIC_PATH_PREFIX,
+    PUBLIC_REGION,
+    Digest,
+    RepositoryRef,
+    check_repository_name,
+    registry_from_host,
+)
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
 from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
@@ -57,7 +64,12 @@ class Call:
     principal: Principal | None
     ref: RepositoryRef
     params: dict[str, str]
-    grant: BearerGrant | None = None
+    caller: Caller
+    path_name: str  # the repository as the path names it (`public/<alias>/…` for public ones)
+
+    @property
+    def grant(self) -> BearerGrant | None:
+        return self.caller.grant
 
 
 @dataclass
@@ -95,6 +107,7 @@ class RegistryDoor:
         default_region: str,
         realm: str,
         bearer: RegistryTokens | None = None,
+        public_accounts: Callable[[str], str | None] = lambda alias: None,
     ) -> None:
         self.registry = registry
         self.authenticator = authenticator
@@ -104,6 +117,7 @@ class RegistryDoor:
         self.default_region = default_region
         self.realm = realm
         self.bearer = bearer
+        self.public_accounts = public_accounts
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self.start_upload}),
             (
@@ -182,14 +196,23 @@ class RegistryDoor:
                 return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
             trace.route = handler.__name__
             params = match.groupdict()
-            ref = self.repository_ref(request, caller, check_repository_name(params.pop("name")))
-            trace.scope = f"repository:{ref.name}:{'pull' if request.method in ('GET', 'HEAD') else 'pull,push'}"
-            return await handler(Call(request, principal, ref, params, caller.grant))
+            path_name = params.pop("name")
+            ref = self.repository_ref(request, caller, path_name)
+            trace.scope = f"repository:{path_name}:{'pull' if request.method in ('GET', 'HEAD') else 'pull,push'}"
+            return await handler(Call(request, principal, ref, params, caller, path_name))
         raise NameUnknown(f"no registry route for {path!r}")
 
     def repository_ref(self, request: Request, caller: Caller, name: str) -> RepositoryRef:
-        """Account and region come from the host name when it names them, else from the caller's token or
-        credentials, else the server's defaults."""
+        """`public/<alias>/<name>` is a public repository of the alias's account. Otherwise account and region
+        come from the host name when it names them, else from the caller's token or credentials, else the
+        server's defaults."""
+        check_repository_name(name)
+        if name.startswith(PUBLIC_PATH_PREFIX):
+            alias, _, repository = name.removeprefix(PUBLIC_PATH_PREFIX).partition("/")
+            account = self.public_accounts(alias)
+            if account is None or not repository:
+                raise NameUnknown(f"no public registry with alias {alias!r}", detail={"name": name})
+            return RepositoryRef(account, PUBLIC_REGION, check_repository_name(repository))
         from_host = registry_from_host(request.headers.get("host", ""))
         if from_host is not None:
             return RepositoryRef(from_host[0], from_host[1], name)
@@ -198,12 +221,13 @@ class RegistryDoor:
         account = caller.principal.account_id if caller.principal else self.default_account
         return RepositoryRef(account, self.default_region, name)
 
-    def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None) -> None:
+    def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None, path_name: str = "") -> None:
+        """Bearer grants are checked by the repository's name as the path spells it, then IAM decides."""
         target = ref or call.ref
-        if call.grant is not None and not call.grant.allows("repository", target.name, _SCOPE_OF[action]):
-            raise Unauthorized(
-                f"the bearer token does not grant {_SCOPE_OF[action]} on {target.name}", INSUFFICIENT_SCOPE
-            )
+        scope_name = path_name or call.path_name
+        if call.grant is not None and not call.grant.allows("repository", scope_name, _SCOPE_OF[action]):
+            needed = _SCOPE_OF[action]
+            raise Unauthorized(f"the bearer token does not grant {needed} on {scope_name}", INSUFFICIENT_SCOPE)
         self.authorizer.authorize(call.principal, action, target, request_context(call.request))
 
     # ------------------------------------------------------------------------------------ base, catalog
@@ -223,16 +247,23 @@ class RegistryDoor:
         if caller.principal is None and form.get("password"):
             principal = self.authenticator.from_access_key(str(form.get("username", "")), str(form["password"]))
             caller = Caller(principal)
-        ref = self.repository_ref(request, caller, "token")
+        account = self.repository_ref(request, caller, "token").account_id
         context = request_context(request)
+
+        def resolve(name: str) -> RepositoryRef | None:
+            try:
+                return self.repository_ref(request, caller, name)
+            except DockyardError:
+                return None  # an invalid or unknown name is granted nothing
+
         token, expires_at, _ = await run_in_threadpool(
             self.bearer.issue,
             caller.principal,
-            ref.account_id,
-            ref.region,
+            account,
+            resolve,
             parse_scopes(scope_texts),
             lambda principal, action, target: self.authorizer.allowed(principal, action, target, context),
-            lambda principal: principal is not None and principal.account_id == ref.account_id,
+            lambda principal: principal is not None and principal.account_id == account,
             self.registry.clock(),
         )
         now = self.registry.clock()
@@ -306,17 +337,17 @@ class RegistryDoor:
         upload_id = await run_in_threadpool(self.registry.start_upload, call.ref)
         if digest is not None:
             return await self.monolithic_upload(call, upload_id, digest)
-        return self.upload_accepted(call.ref, upload_id, 0)
+        return self.upload_accepted(call.path_name, upload_id, 0)
 
     async def try_mount(self, call: Call, digest: Digest, source_name: str) -> Response | None:
-        source = RepositoryRef(call.ref.account_id, call.ref.region, source_name)
         try:
-            self.authorize(call, "ecr:GetDownloadUrlForLayer", source)
+            source = self.repository_ref(call.request, call.caller, source_name)
+            self.authorize(call, "ecr:GetDownloadUrlForLayer", source, source_name)
         except DockyardError:
             return None  # no read access to the source: the client uploads instead (spec: 202, not an error)
         if not await run_in_threadpool(self.registry.mount_blob, call.ref, digest, source):
             return None
-        return _created(call.ref, "blobs", digest)
+        return _created(call.path_name, "blobs", digest)
 
     async def monolithic_upload(self, call: Call, upload_id: str, digest: Digest) -> Response:
         """A single POST carrying the whole blob: on any failure its session goes too, leaving nothing behind."""
@@ -329,18 +360,18 @@ class RegistryDoor:
             with contextlib.suppress(DockyardError):
                 await run_in_threadpool(self.registry.cancel_upload, call.ref, upload_id)
             raise
-        return _created(call.ref, "blobs", digest)
+        return _created(call.path_name, "blobs", digest)
 
     async def upload_status(self, call: Call) -> Response:
         self.authorize(call, "ecr:UploadLayerPart")
         size = await run_in_threadpool(self.registry.upload_size, call.ref, call.params["upload"])
-        return self.upload_accepted(call.ref, call.params["upload"], size, status=204)
+        return self.upload_accepted(call.path_name, call.params["upload"], size, status=204)
 
     async def upload_chunk(self, call: Call) -> Response:
         self.authorize(call, "ecr:UploadLayerPart")
         appender = await self.open_chunk(call)
         await receive_into(call.request, appender)
-        return self.upload_accepted(call.ref, call.params["upload"], appender.size)
+        return self.upload_accepted(call.path_name, call.params["upload"], appender.size)
 
     async def chunk_start(self, call: Call) -> int | None:
         """The first byte of a chunk from `Content-Range` (checked against `Content-Length`), or None."""
@@ -364,7 +395,7 @@ class RegistryDoor:
             return await run_in_threadpool(self.registry.begin_append, call.ref, upload_id, start)
         except RangeInvalid as error:
             size = error.detail["received"]
-            error.headers.update({"Location": _upload_location(call.ref, upload_id), "Range": _range(size)})
+            error.headers.update({"Location": _upload_location(call.path_name, upload_id), "Range": _range(size)})
             raise
 
     async def finish_upload(self, call: Call) -> Response:
@@ -377,18 +408,18 @@ class RegistryDoor:
         if _content_length(call.request) != 0 or "transfer-encoding" in call.request.headers:
             await receive_into(call.request, await self.open_chunk(call))
         await run_in_threadpool(self.registry.complete_upload, call.ref, upload_id, digest)
-        return _created(call.ref, "blobs", digest)
+        return _created(call.path_name, "blobs", digest)
 
     async def cancel_upload(self, call: Call) -> Response:
         self.authorize(call, "ecr:UploadLayerPart")
         await run_in_threadpool(self.registry.cancel_upload, call.ref, call.params["upload"])
         return Response(status_code=204)
 
-    def upload_accepted(self, ref: RepositoryRef, upload_id: str, size: int, status: int = 202) -> Response:
+    def upload_accepted(self, name: str, upload_id: str, size: int, status: int = 202) -> Response:
         return Response(
             status_code=status,
             headers={
-                "Location": _upload_location(ref, upload_id),
+                "Location": _upload_location(name, upload_id),
                 "Range": _range(size),
                 "Docker-Upload-UUID": upload_id,
                 "Content-Length": "0",
@@ -422,7 +453,7 @@ class RegistryDoor:
             raw,
             call.request.headers.get("content-type"),
         )
-        response = _created(call.ref, "manifests", pushed.digest)
+        response = _created(call.path_name, "manifests", pushed.digest)
         if pushed.subject is not None:
             response.headers["OCI-Subject"] = str(pushed.subject)
         return response
@@ -437,9 +468,9 @@ class RegistryDoor:
         limit = page_size(call.request.query_params.get("n"))
         after = call.request.query_params.get("last") or None
         page = self.registry.tags(call.ref, after, limit)
-        path = f"/v2/{call.ref.name}/tags/list"
+        path = f"/v2/{call.path_name}/tags/list"
         headers = _next_link(path, limit, page.items) if page.has_more and limit else {}
-        return _json({"name": call.ref.name, "tags": page.items}, headers=headers)
+        return _json({"name": call.path_name, "tags": page.items}, headers=headers)
 
     async def referrers(self, call: Call) -> Response:
         self.authorize(call, "ecr:BatchGetImage")
@@ -585,11 +616,11 @@ def _json(body: Any, media_type: str = "application/json", headers: dict[str, st
     return Response(json.dumps(body).encode(), media_type=media_type, headers=headers)
 
 
-def _created(ref: RepositoryRef, kind: str, digest: Digest) -> Response:
+def _created(name: str, kind: str, digest: Digest) -> Response:
     return Response(
         status_code=201,
         headers={
-            "Location": f"/v2/{ref.name}/{kind}/{digest}",
+            "Location": f"/v2/{name}/{kind}/{digest}",
             "Docker-Content-Digest": str(digest),
             "Content-Length": "0",
         },
@@ -601,8 +632,9 @@ def _range(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
-def _upload_location(ref: RepositoryRef, upload_id: str) -> str:
-    return f"/v2/{ref.name}/blobs/uploads/{upload_id}"
+def _upload_location(name: str, upload_id: str) -> str:
+    """`name` as the request spelled it (`public/<alias>/…` for public repositories)."""
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
 
 
 def _next_link(path: str, limit: int, items: list[str]) -> dict[str, str]:

@@ -762,6 +762,14 @@ class SqlMetadataStore:
         keys = {"account_id": account_id, "region": region, "kind": kind}
         self._upsert(registry_documents, keys, {"text": text, "updated_at": now})
 
+    def find_registry_document(self, region: str, kind: str, text: str) -> str | None:
+        """The account whose registry holds this exact document (e.g. who owns a public alias)."""
+        table = registry_documents
+        query = select(table.c.account_id).where(table.c.region == region, table.c.kind == kind, table.c.text == text)
+        with self._read() as connection:
+            account: str | None = connection.execute(query).scalar()
+        return account
+
     def delete_registry_document(self, account_id: str, region: str, kind: str) -> bool:
         table = registry_documents
         with self._write() as connection:

@@ -187,6 +187,8 @@ def _finding_name(group: Sequence[_Hit]) -> str:
 
 def _primary_first(group: Sequence[_Hit], name: str) -> list[_Hit]:
     """The record named like the finding first, then records with text, then by id."""
+    if len(group) == 1:
+        return list(group)
     return sorted(group, key=lambda hit: (hit[0].id != name, not (hit[0].details or hit[0].summary), hit[0].id))
 
 

@@ -260,12 +260,13 @@ def normalize_name(ecosystem: str, name: str) -> str:
 # --- range evaluation -------------------------------------------------------------------------------
 
 
-def _checked(event: Event, scheme: VersionScheme) -> Event:
-    if not (event.kind == "introduced" and event.version == "0") and not (
-        event.kind == "limit" and event.version == "*"
-    ):
+_SENTINELS: Final = frozenset({("introduced", "0"), ("limit", "*")})
+
+
+def _check_event(event: Event, scheme: VersionScheme) -> None:
+    """Event versions must be orderable too; `introduced: 0` and `limit: *` are the spec's sentinels."""
+    if (event.kind, event.version) not in _SENTINELS:
         scheme.check(event.version)
-    return event
 
 
 def _event_cmp(a: Event, b: Event, scheme: VersionScheme) -> int:
@@ -292,14 +293,16 @@ def range_affects(rng: Range, version: str, scheme: VersionScheme) -> bool:
     firing event; finding that maximum directly needs no sort and works on unsorted records as well.
     """
     scheme.check(version)
-    events = [_checked(event, scheme) for event in rng.events]
-    limits = [event.version for event in events if event.kind == "limit"]
+    limits: list[str] = []
+    last: Event | None = None
+    for event in rng.events:
+        _check_event(event, scheme)
+        if event.kind == "limit":
+            limits.append(event.version)
+        elif _fires(event, version, scheme) and (last is None or _event_cmp(event, last, scheme) > 0):
+            last = event
     if limits and not any(limit == "*" or scheme.compare(version, limit) < 0 for limit in limits):
         return False
-    last: Event | None = None
-    for event in events:
-        if _fires(event, version, scheme) and (last is None or _event_cmp(event, last, scheme) > 0):
-            last = event
     return last is not None and last.kind == "introduced"
 
 
@@ -486,6 +489,8 @@ def severity_evidence(record: OsvRecord, affected: Affected) -> SeverityEvidence
 
 def merge_evidence(items: Sequence[SeverityEvidence]) -> SeverityEvidence:
     """Evidence of several aliases of one vulnerability: the highest rating per source, the first scores."""
+    if len(items) == 1:
+        return items[0]
     return SeverityEvidence(
         distribution=_highest(item.distribution for item in items),
         database=_highest(item.database for item in items),
