@@ -15,9 +15,10 @@ from dockyard.domain.accounts import Accounts
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.tokens import TokenSigner, derive_key
-from dockyard.http.ecr_api import ECR_TARGET, EcrDoor
+from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
@@ -90,6 +91,7 @@ class Dockyard:
             settings.default_region,
             realm=settings.public_url,
             bearer=services.registry_tokens if settings.auth_challenge == "bearer" else None,
+            public_accounts=Registries(services.metadata).account_for_alias,
         )
 
         self.ecr_door: ASGIApp = EcrDoor(
@@ -100,6 +102,13 @@ class Dockyard:
             services.authorizer,
         )
 
+        self.public_door: ASGIApp = PublicEcrDoor(
+            services.registry,
+            services.repositories,
+            services.authenticator,
+            services.login_tokens,
+            services.authorizer,
+        )
         self.query_door: ASGIApp = QueryDoor(services.accounts, services.authenticator, services.authorizer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,8 +122,12 @@ class Dockyard:
             await self.registry_door(scope, receive, send)
             return
         if scope["method"] == "POST" and path == "/":
-            if _header(scope, b"x-amz-target").startswith(ECR_TARGET + "."):
+            target = _header(scope, b"x-amz-target")
+            if target.startswith(ECR_TARGET + "."):
                 await self.ecr_door(scope, receive, send)
+                return
+            if target.startswith(PUBLIC_TARGET + "."):
+                await self.public_door(scope, receive, send)
                 return
             if _header(scope, b"content-type").startswith(FORM):
                 await self.query_door(scope, receive, send)

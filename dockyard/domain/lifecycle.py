@@ -286,8 +286,6 @@ def _rules_array(document: dict[str, object]) -> list[object]:
 
 
 # ----------------------------------------------------------------------------------- schema, per rule
-# The messages are those of the JSON-schema validator ECR runs first (as users report them and moto mirrors
-# them); name lists are printed sorted, as JSON.
 
 
 def _parse_rule(raw: object) -> Rule:
@@ -388,7 +386,6 @@ def _optional_string_list(selection: dict[str, object], key: str) -> tuple[str, 
 
 
 # -------------------------------------------------------------------------------------- semantics, per rule
-# ECR's wording is known for the tagged-without-list case only; the others are Dockyard's, in the same style.
 
 
 def _check_rule_semantics(rule: Rule) -> None:
@@ -721,7 +718,6 @@ def apply_reference_safety(
     * an untagged manifest whose indexes are all expired is expired with them (ECR would only do so in a
       later run, once the indexes are gone). A tagged one is an image in its own right: it is left to the
       rules, which skipped it this time because an index listed it;
-
     * a manifest listed by an index that is kept is never acted on, and one listed by an index being
       transitioned is never expired: no kept image loses a manifest it references.
 
@@ -732,7 +728,6 @@ def apply_reference_safety(
     fates: dict[str, PlannedAction | None] = dict(own)
     for digest in graph.dependent:
         fates[digest] = None  # kept unless settled below: images on a cycle, or following themselves, stay
-
     for digest in _settling_order(graph):
         fates[digest] = _settle(graph, graph.dependent[digest], own.get(digest), fates)
     # Input order, then followers in image order; a stable sort groups them by rule priority.
@@ -864,12 +859,11 @@ def _preview_result(action: PlannedAction) -> PreviewResult:
 def _preview_summary(actions: Sequence[PlannedAction]) -> PreviewSummary:
     expiring = sum(action.action is ActionType.EXPIRE for action in actions)
     summary: PreviewSummary = {"expiringImageTotalCount": expiring}
-    moving = Counter(each.target_storage_class for each in actions if each.action is ActionType.TRANSITION)
+    targets = [each.target_storage_class for each in actions if each.action is ActionType.TRANSITION]
+    moving = Counter(target for target in targets if target is not None)
     if moving:
         summary["transitioningImageTotalCounts"] = [
-            {"targetStorageClass": target, "imageTotalCount": count}
-            for target, count in sorted(moving.items())
-            if target is not None
+            {"targetStorageClass": target, "imageTotalCount": count} for target, count in sorted(moving.items())
         ]
     return summary
 
@@ -888,7 +882,9 @@ def epoch_seconds(moment: datetime) -> int | float:
 
 
 def _to_json(value: object) -> JsonValue:
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, str):
+        return str(value)  # plain text, not the StrEnum members the shapes hold
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, datetime):
         return epoch_seconds(value)

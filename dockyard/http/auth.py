@@ -59,6 +59,8 @@ def registry_caller(
     if credentials is None:
         return Caller(None)
     user, password = credentials
+    if not user and not password:
+        return Caller(None)  # skopeo --no-creds and others send an empty Basic pair for anonymous access
     if user == "AWS":
         principal, registry_account = tokens.verify(password, now)
         return Caller(principal, registry_account)

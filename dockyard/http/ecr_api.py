@@ -24,7 +24,7 @@ from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principa
 from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import parse_policy
-from dockyard.domain.names import Digest, RepositoryRef
+from dockyard.domain.names import PUBLIC_REGION, Digest, RepositoryRef
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
@@ -67,6 +67,10 @@ Handler = Callable[[EcrCall], dict[str, Any]]
 
 
 class EcrDoor:
+    """The `ecr` service. `PublicEcrDoor` below reuses every handler whose shapes are the same."""
+
+    SERVICE = "ecr"
+
     def __init__(
         self,
         registry: Registry,
@@ -82,7 +86,7 @@ class EcrDoor:
         self.authenticator = authenticator
         self.login_tokens = login_tokens
         self.authorizer = authorizer
-        self.model = aws_json.service_model("ecr")
+        self.model = aws_json.service_model(self.SERVICE)
         self.handlers: dict[str, Handler] = {
             name: getattr(self, _snake(name)) for name in self.model.operation_names if hasattr(self, _snake(name))
         }
@@ -112,22 +116,27 @@ class EcrDoor:
         if handler is None:
             raise aws_json.NotBuilt(f"{operation.name} is not supported by this version of Dockyard")
         host = request.headers.get("host", "")
-        call = EcrCall(verified.principal, verified.region, host, request.url.scheme, params, request_context(request))
+        region = self.repository_region(verified.region)
+        call = EcrCall(verified.principal, region, host, request.url.scheme, params, request_context(request))
         result = await run_in_threadpool(self._run, operation.name, handler, call)
         return aws_json.json_response(aws_json.serialize(operation.output_shape, result))
 
     def _verify(self, request: Request, body: bytes) -> Any:
         signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
-        return verify(signed, self.authenticator.secret_of, frozenset({"ecr"}), self.registry.clock())
+        return verify(signed, self.authenticator.secret_of, frozenset({self.SERVICE}), self.registry.clock())
+
+    def repository_region(self, signed_region: str) -> str:
+        """Private repositories live in the region the request was signed for."""
+        return signed_region
 
     def _run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
+        action = f"{self.SERVICE}:{operation}"
         if "repositoryName" in call.params:
-            self.authorizer.authorize(call.principal, f"ecr:{operation}", call.ref(), call.context)
+            self.authorizer.authorize(call.principal, action, call.ref(), call.context)
         elif "resourceArn" in call.params:
-            ref = _ref_from_arn(call.params["resourceArn"])
-            self.authorizer.authorize(call.principal, f"ecr:{operation}", ref, call.context)
+            self.authorizer.authorize(call.principal, action, _ref_from_arn(call.params["resourceArn"]), call.context)
         else:
-            self.authorizer.authorize_account(call.principal, f"ecr:{operation}", call.account, call.context)
+            self.authorizer.authorize_account(call.principal, action, call.account, call.context)
         return handler(call)
 
     # ------------------------------------------------------------------------------------------ shapes
@@ -588,6 +597,122 @@ def _template_shape(template: Template) -> dict[str, Any]:
 
 def _ref_from_arn(arn: str) -> RepositoryRef:
     parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "ecr" or not parts[5].startswith("repository/"):
+    valid = len(parts) == 6 and parts[0] == "arn" and parts[2] in ("ecr", "ecr-public")
+    if not valid or not parts[5].startswith("repository/"):
         raise InvalidParameter(f"Invalid parameter at 'resourceArn' failed to satisfy constraint: '{arn}'")
-    return RepositoryRef(parts[4], parts[3], parts[5].removeprefix("repository/"))
+    region = PUBLIC_REGION if parts[2] == "ecr-public" else parts[3]
+    return RepositoryRef(parts[4], region, parts[5].removeprefix("repository/"))
+
+
+PUBLIC_TARGET: Final = "SpencerFrontendService"
+CATALOG_DATA: Final = "catalog-data"
+
+
+class PublicEcrDoor(EcrDoor):
+    """The `ecr-public` service: public repositories of the caller's public registry (its alias)."""
+
+    SERVICE = "ecr-public"
+
+    def repository_region(self, signed_region: str) -> str:
+        return PUBLIC_REGION
+
+    def _alias(self, account: str) -> str:
+        return self.registries.public_alias(account)
+
+    def repository_shape(self, repository: Repository, call: EcrCall) -> dict[str, Any]:
+        alias = self._alias(repository.ref.account_id)
+        return {
+            "repositoryArn": repository.ref.arn,
+            "registryId": repository.ref.account_id,
+            "repositoryName": repository.ref.name,
+            "repositoryUri": f"{call.host}/public/{alias}/{repository.ref.name}",
+            "createdAt": repository.created_at,
+        }
+
+    def image_detail(self, row: ImageRow, ref: RepositoryRef) -> dict[str, Any]:
+        record = row.manifest
+        return {
+            "registryId": ref.account_id,
+            "repositoryName": ref.name,
+            "imageDigest": str(record.digest),
+            "imageTags": list(row.tags) or None,
+            "imageSizeInBytes": record.image_size,
+            "imagePushedAt": record.pushed_at,
+            "imageManifestMediaType": record.media_type,
+            "artifactMediaType": record.config_media_type,
+        }
+
+    def create_repository(self, call: EcrCall) -> dict[str, Any]:
+        tags = [(t["Key"], t.get("Value", "")) for t in call.params.get("tags", [])]
+        repository = self.repositories.create(call.ref(), RepositorySettings(), tags)
+        catalog = self._store_catalog(repository, call.params.get("catalogData", {}))
+        return {"repository": self.repository_shape(repository, call), "catalogData": catalog}
+
+    def get_authorization_token(self, call: EcrCall) -> dict[str, Any]:
+        token = self.login_tokens.issue(call.principal, call.principal.account_id, self.registry.clock())
+        encoded = base64.b64encode(f"AWS:{token.password}".encode()).decode()
+        return {"authorizationData": {"authorizationToken": encoded, "expiresAt": token.expires_at}}
+
+    def describe_image_tags(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        after, limit = _page(call)
+        rows = self._guard_repository(call, lambda: self.images.list_images(ref, None, 100_000, True))
+        pairs = sorted((tag, row) for row in rows for tag in row.tags if after is None or tag > after)
+        details = [
+            {"imageTag": tag, "createdAt": row.manifest.pushed_at, "imageDetail": self._tag_detail(row)}
+            for tag, row in pairs[:limit]
+        ]
+        return {"imageTagDetails": details, "nextToken": _token(pairs[limit - 1][0]) if len(pairs) > limit else None}
+
+    def _tag_detail(self, row: ImageRow) -> dict[str, Any]:
+        record = row.manifest
+        return {
+            "imageDigest": str(record.digest),
+            "imageSizeInBytes": record.image_size,
+            "imagePushedAt": record.pushed_at,
+            "imageManifestMediaType": record.media_type,
+            "artifactMediaType": record.config_media_type,
+        }
+
+    def describe_registries(self, call: EcrCall) -> dict[str, Any]:
+        account = call.principal.account_id
+        alias = self._alias(account)
+        registry = {
+            "registryId": account,
+            "registryArn": f"arn:aws:ecr-public::{account}:registry/{account}",
+            "registryUri": f"{call.host}/public/{alias}",
+            "verified": False,
+            "aliases": [
+                {"name": alias, "status": "ACTIVE", "primaryRegistryAlias": True, "defaultRegistryAlias": True}
+            ],
+        }
+        return {"registries": [registry]}
+
+    def get_registry_catalog_data(self, call: EcrCall) -> dict[str, Any]:
+        data = self.registries.configuration(call.account, PUBLIC_REGION, CATALOG_DATA, {})
+        return {"registryCatalogData": data}
+
+    def put_registry_catalog_data(self, call: EcrCall) -> dict[str, Any]:
+        data = {"displayName": call.params["displayName"]} if "displayName" in call.params else {}
+        self.registries.set_configuration(call.account, PUBLIC_REGION, CATALOG_DATA, data)
+        return {"registryCatalogData": data}
+
+    def get_repository_catalog_data(self, call: EcrCall) -> dict[str, Any]:
+        repository = self._guard_repository(call, lambda: self.repositories.get(call.ref()))
+        document = self.registry.metadata.get_repository_document(repository.id, CATALOG_DATA)
+        return {"catalogData": json.loads(document.text) if document else {}}
+
+    def put_repository_catalog_data(self, call: EcrCall) -> dict[str, Any]:
+        repository = self._guard_repository(call, lambda: self.repositories.get(call.ref()))
+        return {"catalogData": self._store_catalog(repository, call.params["catalogData"])}
+
+    def _store_catalog(self, repository: Repository, data: dict[str, Any]) -> dict[str, Any]:
+        """Catalog data as shown (RepositoryCatalogData); a logo upload is kept as a data URL."""
+        shown = {k: v for k, v in data.items() if k != "logoImageBlob"}
+        if "logoImageBlob" in data:
+            shown["logoUrl"] = "data:image/png;base64," + base64.b64encode(data["logoImageBlob"]).decode()
+        shown["marketplaceCertified"] = False
+        self.registry.metadata.put_repository_document(
+            repository.id, CATALOG_DATA, json.dumps(shown), self.registry.clock()
+        )
+        return shown
