@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
 from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
 from dockyard.domain.clock import utc_now
@@ -28,6 +29,7 @@ ROOT_CREDENTIALS_FILE = "root-credentials.json"
 
 app.add_typer(admin_app, name="admin")
 app.add_typer(lifecycle_app, name="lifecycle")
+app.command("gc")(ops_cli.gc)
 
 
 class AuthChallenge(StrEnum):
@@ -80,13 +82,27 @@ def serve(
         AuthChallenge,
         typer.Option(help="How /v2 asks for credentials: basic (as ECR) or bearer (Docker's token flow at /token)."),
     ] = AuthChallenge.basic,
+    lifecycle_interval: Annotated[float, typer.Option(help="Seconds between lifecycle sweeps.")] = 86_400.0,
+    gc_interval: Annotated[float, typer.Option(help="Seconds between garbage collections.")] = 3_600.0,
+    gc_grace: Annotated[float, typer.Option(help="Seconds during which new content is never collected.")] = 3_600.0,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     account = default_account or _remembered_account(data_dir) or _new_account_id()
     settings = Settings(
-        data_dir, account, default_region, host, port, database, create_on_push, workers, auth_challenge.value
+        data_dir,
+        account,
+        default_region,
+        host,
+        port,
+        database,
+        create_on_push,
+        workers,
+        auth_challenge.value,
+        lifecycle_interval,
+        gc_interval,
+        gc_grace,
     )
     services = prepare(settings)
     credentials = _bootstrap_credentials(services, settings)

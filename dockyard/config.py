@@ -25,6 +25,10 @@ class Settings:
     create_on_push: bool = True
     workers: int = 1
     auth_challenge: str = "basic"  # "basic" (as ECR) or "bearer" (Docker's token flow)
+    lifecycle_interval: float = 86_400.0  # seconds between lifecycle sweeps (ECR: daily)
+    gc_interval: float = 3_600.0  # seconds between garbage collections
+    gc_grace: float = 3_600.0  # content younger than this is never collected (uploads in flight)
+    background_jobs: bool = True
 
     @property
     def database(self) -> str:

@@ -12,6 +12,7 @@ entries.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import typer
 
 from dockyard.domain.lifecycle import (
     ImageFacts,
+    LifecyclePolicy,
     LifecyclePolicyInvalid,
     StorageClass,
     parse_policy,
@@ -60,14 +62,25 @@ def evaluate(
     ] = None,
 ) -> None:
     """Print what GetLifecyclePolicyPreview would answer for POLICY over IMAGES, as JSON."""
-    try:
-        parsed = parse_policy(policy.read_text(encoding="utf-8"))
-    except LifecyclePolicyInvalid as error:
-        typer.echo(error.message, err=True)
-        raise typer.Exit(1) from None
+    parsed = _read_policy(policy)
     moment = _option_time(now) if now is not None else datetime.now(UTC)
     result = preview(parsed, _load_images(images), moment)
     typer.echo(json.dumps(preview_to_json(result), indent=2))
+
+
+def _read_policy(path: Path) -> LifecyclePolicy:
+    try:
+        return parse_policy(_read_text(path, "--policy"))
+    except LifecyclePolicyInvalid as error:
+        typer.echo(error.message, err=True)  # the API's message, word for word
+        raise typer.Exit(1) from None
+
+
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise typer.BadParameter(f"{path}: {error}", param_hint=option) from None
 
 
 def _option_time(text: str) -> datetime:
@@ -78,11 +91,15 @@ def _option_time(text: str) -> datetime:
 
 
 def _load_images(path: Path) -> list[ImageFacts]:
+    text = _read_text(path, "--images")
     try:
-        details = _image_details(json.loads(path.read_text(encoding="utf-8")))
-        return [image_from_detail(detail) for detail in details]
-    except (ValueError, TypeError, KeyError, OverflowError, OSError) as error:
+        images = [image_from_detail(detail) for detail in _image_details(json.loads(text))]
+    except (ValueError, OverflowError, OSError) as error:  # bad JSON, fields or times (out of range too)
         raise typer.BadParameter(f"{path}: {error}", param_hint="--images") from None
+    repeated = [digest for digest, count in Counter(image.digest for image in images).items() if count > 1]
+    if repeated:
+        raise typer.BadParameter(f"{path}: {repeated[0]} is listed more than once", param_hint="--images")
+    return images
 
 
 def _image_details(document: object) -> Sequence[Mapping[str, object]]:
@@ -98,9 +115,9 @@ def image_from_detail(detail: Mapping[str, object]) -> ImageFacts:
     children = _strings(detail, CHILDREN_FIELD)
     subject = detail.get("subjectManifestDigest")
     return ImageFacts(
-        digest=_string(detail["imageDigest"], "imageDigest"),
+        digest=_string(detail.get("imageDigest"), "imageDigest"),
         tags=_strings(detail, "imageTags"),
-        pushed_at=_timestamp(detail["imagePushedAt"], "imagePushedAt"),
+        pushed_at=_timestamp(detail.get("imagePushedAt"), "imagePushedAt"),
         last_pulled_at=_optional_timestamp(detail, "lastRecordedPullTime"),
         last_archived_at=_optional_timestamp(detail, "lastArchivedAt"),
         last_activated_at=_optional_timestamp(detail, "lastActivatedAt"),

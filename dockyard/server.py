@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from starlette.responses import JSONResponse, Response
@@ -12,9 +13,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.accounts import Accounts
+from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.tokens import TokenSigner, derive_key
@@ -22,6 +25,7 @@ from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrD
 from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
+from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.storage.audit import JsonLinesAudit
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
@@ -41,11 +45,21 @@ class Services:
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry_tokens = RegistryTokens(TokenSigner(derive_key(master_key, "registry-bearer-token")))
         self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
+        self.repositories = self.registry.repositories
         self.authenticator = Authenticator(self.metadata, self.box)
         self.audit = JsonLinesAudit(settings.data_dir / "audit.log")
         self.authorizer = Authorizer(self.metadata, self.audit)
         self.accounts = Accounts(self.metadata, self.box)
-        self.repositories = self.registry.repositories
+        self.events = JsonLinesAudit(settings.data_dir / "events.log")
+        self.lifecycle = LifecycleRunner(self.registry, (self.audit, self.events))
+        self.collector = GarbageCollector(self.metadata, self.blobs, grace=timedelta(seconds=settings.gc_grace))
+
+    def scheduler(self) -> Scheduler:
+        jobs = [
+            Job("lifecycle-sweep", timedelta(seconds=self.settings.lifecycle_interval), self.lifecycle.run_all),
+            Job("garbage-collection", timedelta(seconds=self.settings.gc_interval), self.collector.run),
+        ]
+        return Scheduler(self.metadata, jobs)
 
 
 def prepare(settings: Settings) -> Services:
@@ -113,7 +127,7 @@ class Dockyard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -141,22 +155,27 @@ class Dockyard:
             response = JSONResponse({"message": "not found"}, status_code=404)
         await response(scope, receive, send)
 
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Background jobs start with the server and stop before it exits."""
+        scheduler = self.services.scheduler() if self.services.settings.background_jobs else None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if scheduler is not None:
+                    scheduler.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if scheduler is not None:
+                    await scheduler.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
 
 def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope["headers"]:
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return ""
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def create_app() -> Dockyard:

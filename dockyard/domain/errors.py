@@ -254,3 +254,13 @@ class TemplateAlreadyExists(DockyardError):
 
 class TemplateNotFound(DockyardError):
     kind = _kind("NAME_UNKNOWN", 404, "TemplateNotFoundException", "the repository creation template does not exist")
+
+
+class ImageArchived(DockyardError):
+    kind = _kind(
+        "DENIED", 403, "ImageArchivedException", "the image is archived; restore it with UpdateImageStorageClass"
+    )
+
+
+class LifecyclePolicyPreviewNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "LifecyclePolicyPreviewNotFoundException", "no lifecycle policy preview")

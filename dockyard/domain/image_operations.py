@@ -119,12 +119,25 @@ class ImageOperations:
         now = self.registry.clock()
         for item in found:
             record = item.row.manifest
+            if record.storage_class == "ARCHIVE":
+                failures.append(ImageFailure(item.image_id, "ImageInaccessible", "the image is archived"))
+                continue
             if accepted and record.media_type not in accepted:
                 failures.append(ImageFailure(item.image_id, "UnsupportedImageType", f"manifest is {record.media_type}"))
                 continue
             images.append((item, self.registry.manifest_content(record)))
             self.registry.note_pull(ref, record.digest, record.last_pulled_at, now)
         return images, failures
+
+    def set_storage_class(self, ref: RepositoryRef, image_id: ImageId, target: str) -> tuple[ImageId, str]:
+        """UpdateImageStorageClass: archive an image, or restore it (at once: there is no cold tier here)."""
+        repository = self.registry.repository(ref)
+        found, failures = self.resolve(ref, [image_id])
+        if failures:
+            raise ImageNotFound(f"The image {image_id} does not exist in the repository '{ref.name}'")
+        digest = Digest.parse(str(found[0].image_id.digest))
+        self.metadata.set_storage_class(repository.id, digest, target, self.registry.clock())
+        return found[0].image_id, "ARCHIVED" if target == "ARCHIVE" else "ACTIVE"
 
     # --------------------------------------------------------------------------------------- changes
 

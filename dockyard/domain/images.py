@@ -21,6 +21,7 @@ from dockyard.domain.errors import (
     BlobUnknown,
     BlobUploadUnknown,
     DigestInvalid,
+    ImageArchived,
     ManifestBlobUnknown,
     ManifestReferenced,
     ManifestUnknown,
@@ -298,6 +299,12 @@ class Registry:
             record = self.metadata.resolve_tag(repository.id, check_tag(reference))
         if record is None:
             raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
+        if record.storage_class == "ARCHIVE":
+            raise ImageArchived(
+                f"image {record.digest} in {ref.name} is archived; restore it with "
+                "`aws ecr update-image-storage-class --target-storage-class STANDARD` before pulling it",
+                detail={"digest": str(record.digest)},
+            )
         return record
 
     @staticmethod

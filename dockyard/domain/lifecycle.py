@@ -133,8 +133,9 @@ class ImageFacts:
     """What evaluation needs to know about one image (one manifest, addressed by digest).
 
     `last_activated_at` is set when the image was restored from the archive; `last_archived_at` when it was
-    (last) moved there. `child_digests` are the manifests an index lists; `subject_digest` makes the image a
-    referrer (signature, SBOM, attestation) of that subject.
+    (last) moved there. `child_digests` are the manifests an index lists (evaluation reads references from
+    them alone; `is_index` only describes the image); `subject_digest` makes the image a referrer
+    (signature, SBOM, attestation) of that subject.
     """
 
     digest: str
@@ -862,8 +863,9 @@ def _preview_summary(actions: Sequence[PlannedAction]) -> PreviewSummary:
     targets = [each.target_storage_class for each in actions if each.action is ActionType.TRANSITION]
     moving = Counter(target for target in targets if target is not None)
     if moving:
+        counts = sorted(moving.items())
         summary["transitioningImageTotalCounts"] = [
-            {"targetStorageClass": target, "imageTotalCount": count} for target, count in sorted(moving.items())
+            {"targetStorageClass": target, "imageTotalCount": count} for target, count in counts
         ]
     return summary
 

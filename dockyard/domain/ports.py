@@ -54,6 +54,9 @@ class ManifestRecord:
     image_size: int = 0
     config_media_type: str | None = None
     last_pulled_at: datetime | None = None
+    storage_class: str = "STANDARD"  # or "ARCHIVE" (lifecycle transitions; not pullable until restored)
+    last_archived_at: datetime | None = None
+    last_activated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,10 @@ class BlobStore(Protocol):
         ...
 
     def abort_upload(self, upload_id: str) -> None: ...
+
+    def stored_blobs(self) -> Iterator[tuple[Digest, datetime]]:
+        """Every stored blob with when it was last written (for the garbage collector's sweep)."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -311,6 +318,36 @@ class CredentialStore(Protocol):
     def root_credential_ids(self, account_id: str) -> list[str]: ...
 
 
+class LifecycleStore(Protocol):
+    def set_storage_class(self, repository_id: int, digest: Digest, storage_class: str, now: datetime) -> None: ...
+
+    def manifest_children(self, repository_id: int) -> dict[Digest, list[Digest]]: ...
+
+    def repositories_with_document(self, kind: str) -> list[Repository]: ...
+
+
+class CollectorStore(Protocol):
+    def expired_uploads(self, started_before: datetime) -> list[UploadSession]: ...
+
+    def delete_unreferenced_links(self, linked_before: datetime) -> int: ...
+
+    def delete_orphan_blob_rows(self, created_before: datetime) -> int: ...
+
+    def referenced_digests(self, digests: Iterable[Digest]) -> set[Digest]: ...
+
+
+class LeaseStore(Protocol):
+    """Leases make background work run on one node at a time; a dead node's lease simply expires."""
+
+    def try_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool: ...
+
+    def release_lease(self, name: str, owner: str) -> None: ...
+
+    def job_last_run(self, name: str) -> datetime | None: ...
+
+    def set_job_last_run(self, name: str, when: datetime) -> None: ...
+
+
 class IamStore(Protocol):
     def list_accounts(self) -> list[str]: ...
 
@@ -347,6 +384,9 @@ class MetadataStore(
     QuotaStore,
     CredentialStore,
     IamStore,
+    LifecycleStore,
+    CollectorStore,
+    LeaseStore,
     Protocol,
 ):
     """Everything the registry core keeps about content; SQLite or PostgreSQL behind the same code."""

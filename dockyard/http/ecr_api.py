@@ -19,11 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from dockyard.domain.errors import DockyardError, InvalidParameter, NameUnknown, Unavailable
+from dockyard.domain.errors import (
+    DockyardError,
+    InvalidParameter,
+    LifecyclePolicyPreviewNotFound,
+    NameUnknown,
+    Unavailable,
+)
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
 from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import parse_policy
+from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.names import PUBLIC_REGION, Digest, RepositoryRef
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, Template
@@ -83,6 +90,7 @@ class EcrDoor:
         self.repositories = repositories
         self.images = ImageOperations(registry)
         self.registries = Registries(registry.metadata, registry.clock)
+        self.lifecycle = LifecycleRunner(registry, clock=registry.clock)
         self.authenticator = authenticator
         self.login_tokens = login_tokens
         self.authorizer = authorizer
@@ -169,7 +177,9 @@ class EcrDoor:
             "artifactMediaType": record.config_media_type,
             "lastRecordedPullTime": record.last_pulled_at,
             "subjectManifestDigest": str(record.subject) if record.subject else None,
-            "imageStatus": "ACTIVE",
+            "imageStatus": "ARCHIVED" if record.storage_class == "ARCHIVE" else "ACTIVE",
+            "lastArchivedAt": record.last_archived_at,
+            "lastActivatedAt": record.last_activated_at,
         }
 
     # ------------------------------------------------------------------------------------------ repositories
@@ -284,11 +294,71 @@ class EcrDoor:
 
     def get_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
         document = self._guard_repository(call, lambda: self.repositories.lifecycle_policy(call.ref()))
-        return self._repository_document(call, document.text, lifecyclePolicyText=document.text)
+        evaluated = self.lifecycle.last_evaluated(call.ref())
+        return self._repository_document(
+            call, document.text, lifecyclePolicyText=document.text, lastEvaluatedAt=evaluated
+        )
 
     def delete_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
-        document = self._guard_repository(call, lambda: self.repositories.delete_lifecycle_policy(call.ref()))
-        return self._repository_document(call, document.text, lifecyclePolicyText=document.text)
+        evaluated = self._guard_repository(call, lambda: self.lifecycle.last_evaluated(call.ref()))
+        document = self.repositories.delete_lifecycle_policy(call.ref())
+        return self._repository_document(
+            call, document.text, lifecyclePolicyText=document.text, lastEvaluatedAt=evaluated
+        )
+
+    def start_lifecycle_policy_preview(self, call: EcrCall) -> dict[str, Any]:
+        text = call.params.get("lifecyclePolicyText")
+        result = self._guard_repository(call, lambda: self.lifecycle.start_preview(call.ref(), text))
+        return self._repository_document(
+            call, result["lifecyclePolicyText"], lifecyclePolicyText=result["lifecyclePolicyText"], status="COMPLETE"
+        )
+
+    def get_lifecycle_policy_preview(self, call: EcrCall) -> dict[str, Any]:
+        stored = self._guard_repository(call, lambda: self.lifecycle.stored_preview(call.ref()))
+        if stored is None:
+            raise LifecyclePolicyPreviewNotFound(
+                f"There is no lifecycle policy preview for the repository '{call.params['repositoryName']}'"
+            )
+        results = stored["previewResults"]
+        wanted = {(i.get("imageDigest"), i.get("imageTag")) for i in call.params.get("imageIds", [])}
+        if wanted:
+            results = [
+                r
+                for r in results
+                if any(d in (None, r["imageDigest"]) and (t is None or t in r.get("imageTags", [])) for d, t in wanted)
+            ]
+        status = call.params.get("filter", {}).get("tagStatus")
+        if status in ("TAGGED", "UNTAGGED"):
+            results = [r for r in results if bool(r.get("imageTags")) == (status == "TAGGED")]
+        after, limit = _page(call)
+        start = int(after) if after else 0
+        page = results[start : start + limit]
+        next_token = _token(str(start + limit)) if start + limit < len(results) else None
+        return self._repository_document(
+            call,
+            stored["lifecyclePolicyText"],
+            lifecyclePolicyText=stored["lifecyclePolicyText"],
+            status=stored["status"],
+            previewResults=page,
+            summary=stored["summary"],
+            nextToken=next_token,
+        )
+
+    def update_image_storage_class(self, call: EcrCall) -> dict[str, Any]:
+        image = call.params["imageId"]
+        target = call.params["targetStorageClass"]
+        image_id, status = self._guard_repository(
+            call,
+            lambda: self.images.set_storage_class(
+                call.ref(), ImageId(image.get("imageDigest"), image.get("imageTag")), target
+            ),
+        )
+        return {
+            "registryId": call.account,
+            "repositoryName": call.params["repositoryName"],
+            "imageId": _image_id_shape(image_id),
+            "imageStatus": status,
+        }
 
     def put_registry_policy(self, call: EcrCall) -> dict[str, Any]:
         text = self.registries.set_policy(call.account, call.region, call.params["policyText"])
@@ -372,14 +442,19 @@ class EcrDoor:
             call, lambda: self.images.list_images(call.ref(), start_digest, limit + 2, tagged, start_tag is not None)
         )
         ids: list[tuple[dict[str, Any], str]] = []
+        wanted = _image_status(call)
         for row in rows:
             digest = str(row.manifest.digest)
+            if _status_of(row) not in wanted:
+                # Skipped, but still a position the next page resumes after.
+                ids.append(({}, f"{digest}|\uffff"))
+                continue
             entries = [(tag, f"{digest}|{tag}") for tag in row.tags] if row.tags else [(None, f"{digest}|")]
             ids.extend(({"imageDigest": digest, "imageTag": tag}, key) for tag, key in entries)
         if start_tag is not None:
             ids = [entry for entry in ids if entry[1] > f"{start_digest}|{start_tag}"]
         next_token = _token(ids[limit - 1][1]) if len(ids) > limit else None
-        return {"imageIds": [entry for entry, _ in ids[:limit]], "nextToken": next_token}
+        return {"imageIds": [entry for entry, _ in ids[:limit] if entry], "nextToken": next_token}
 
     def describe_images(self, call: EcrCall) -> dict[str, Any]:
         ref = call.ref()
@@ -392,7 +467,9 @@ class EcrDoor:
         start = Digest.parse(after) if after else None
         rows = self._guard_repository(call, lambda: self.images.list_images(ref, start, limit + 1, _tag_status(call)))
         next_token = _token(str(rows[limit - 1].manifest.digest)) if len(rows) > limit else None
-        return {"imageDetails": [self.image_detail(row, ref) for row in rows[:limit]], "nextToken": next_token}
+        wanted = _image_status(call)
+        details = [self.image_detail(row, ref) for row in rows[:limit] if _status_of(row) in wanted]
+        return {"imageDetails": details, "nextToken": next_token}
 
     def batch_get_image(self, call: EcrCall) -> dict[str, Any]:
         ref = call.ref()
@@ -562,6 +639,16 @@ def _no_pagination_with_ids(call: EcrCall, member: str) -> None:
 def _tag_status(call: EcrCall) -> bool | None:
     status = call.params.get("filter", {}).get("tagStatus", "ANY")
     return {"TAGGED": True, "UNTAGGED": False}.get(status)
+
+
+def _image_status(call: EcrCall) -> frozenset[str]:
+    """The image statuses a listing shows: ACTIVE unless the filter asks for others (as ECR)."""
+    status = call.params.get("filter", {}).get("imageStatus", "ACTIVE")
+    return frozenset({"ACTIVE", "ARCHIVED", "ACTIVATING"}) if status == "ANY" else frozenset({status})
+
+
+def _status_of(row: ImageRow) -> str:
+    return "ARCHIVED" if row.manifest.storage_class == "ARCHIVE" else "ACTIVE"
 
 
 def _image_ids(items: list[dict[str, str]]) -> list[ImageId]:

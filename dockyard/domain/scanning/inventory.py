@@ -205,6 +205,10 @@ class _GuardedTarInfo(tarfile.TarInfo):
             raise _HeaderRefused(f"member {info.name!r} declares a negative size")
         if info.type in _META_HEADER_TYPES and info.size > _MAX_META_HEADER_BYTES:
             raise _HeaderRefused(f"an extended header of {info.size} bytes (limit {_MAX_META_HEADER_BYTES})")
+        if info.type == tarfile.GNUTYPE_SPARSE and buf[482]:
+            # Old GNU sparse headers chain extension blocks that tarfile collects into an unbounded list;
+            # image builders never write them.
+            raise _HeaderRefused(f"member {info.name!r} uses extended GNU sparse headers")
         return info
 
 
@@ -303,7 +307,7 @@ class _LayerReader:
     def read_layer(self, index: int, stream: IO[bytes]) -> None:
         changes = _LayerChanges()
         layer_end = 0
-        compression = "unread"
+        compression = "unknown format"
         try:
             source, compression = _untar(lambda: _open_stream(index, stream))
             with _untar(lambda: tarfile.open(fileobj=source, mode="r|*", tarinfo=_GuardedTarInfo)) as tar:

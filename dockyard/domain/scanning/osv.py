@@ -306,16 +306,20 @@ def range_affects(rng: Range, version: str, scheme: VersionScheme) -> bool:
     return last is not None and last.kind == "introduced"
 
 
+def _listed(affected: Affected, version: str, scheme: VersionScheme | None) -> bool:
+    if version in affected.listed_versions:
+        return True
+    return scheme is not None and scheme.canonical(version) in affected.listed_versions
+
+
 def affected_contains(affected: Affected, version: str) -> bool:
     """Whether `version` of the affected package is vulnerable: listed explicitly, or inside a range.
 
     Raises VersionError when an ECOSYSTEM/SEMVER range cannot be evaluated (unknown ordering, invalid
     version): the caller must then report the package as unscannable, never as not vulnerable.
     """
-    if version in affected.versions:
-        return True
     scheme = scheme_for(affected.package.ecosystem)
-    if scheme is not None and affected.versions and scheme.canonical(version) in affected.listed_versions:
+    if affected.versions and _listed(affected, version, scheme):
         return True
     for rng in affected.ranges:
         if rng.type == "GIT":

@@ -18,10 +18,11 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown
+from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError
 from dockyard.domain.names import Digest
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -79,8 +80,11 @@ class FilesystemBlobStore:
     def put_blob(self, digest: Digest, data: bytes) -> None:
         target = self._blob_path(digest)
         if target.exists():
-            return
-        temporary = self.root / "tmp" / secrets.token_hex(16)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(target)  # about to be referenced again: restart the collector's grace period
+            if target.exists():
+                return
+        temporary = self.root / "tmp" / secrets.token_hex(16)  # fresh, so its mtime starts the GC grace
         with temporary.open("wb") as file:
             file.write(data)
             file.flush()
@@ -123,6 +127,8 @@ class FilesystemBlobStore:
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
         with file:
             os.fsync(file.fileno())
+            # A fresh mtime: the collector's grace period runs from publication, not from the first byte.
+            os.utime(file.fileno())
         try:
             self._publish(source, self._blob_path(digest))
         except FileNotFoundError:  # aborted between the fsync and the rename
@@ -131,6 +137,16 @@ class FilesystemBlobStore:
     def abort_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._upload_path(upload_id).unlink()
+
+    def stored_blobs(self) -> Iterator[tuple[Digest, datetime]]:
+        for algorithm_dir in (self.root / "blobs").iterdir():
+            for path in algorithm_dir.glob("*/*"):
+                try:
+                    digest = Digest.parse(f"{algorithm_dir.name}:{path.name}")
+                    written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                except (DockyardError, FileNotFoundError):
+                    continue  # not ours, or deleted meanwhile
+                yield digest, written
 
     # ------------------------------------------------------------------------------------ helpers
 

@@ -1,0 +1,77 @@
+"""Online garbage collection: no read-only window, a grace period protects work in flight.
+
+Mark and sweep, with the metadata store as the mark: a blob is garbage when no repository links it and no
+manifest is stored under its digest. Each step only touches what is older than the grace period, so an
+upload or a manifest put in progress (whose blobs were linked or written moments ago) is never robbed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Final
+
+from dockyard.domain.clock import Clock, utc_now
+from dockyard.domain.ports import BlobStore, MetadataStore
+
+log = logging.getLogger("dockyard.gc")
+DEFAULT_GRACE: Final = timedelta(hours=1)
+DEFAULT_UPLOAD_TTL: Final = timedelta(days=7)
+_BATCH: Final = 500
+
+
+@dataclass(frozen=True)
+class GcReport:
+    expired_uploads: int
+    unlinked: int
+    blob_rows: int
+    deleted_blobs: int
+    kept_blobs: int
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        clock: Clock = utc_now,
+        grace: timedelta = DEFAULT_GRACE,
+        upload_ttl: timedelta = DEFAULT_UPLOAD_TTL,
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.clock = clock
+        self.grace = grace
+        self.upload_ttl = upload_ttl
+
+    def run(self, dry_run: bool = False) -> GcReport:
+        now = self.clock()
+        expired = self.metadata.expired_uploads(now - self.upload_ttl)
+        unlinked = blob_rows = 0
+        if not dry_run:
+            for session in expired:
+                self.blobs.abort_upload(session.id)
+                self.metadata.delete_upload(session.id)
+            unlinked = self.metadata.delete_unreferenced_links(now - self.grace)
+            blob_rows = self.metadata.delete_orphan_blob_rows(now - self.grace)
+        deleted, kept = self._sweep(now - self.grace, dry_run)
+        report = GcReport(len(expired), unlinked, blob_rows, deleted, kept)
+        log.info("garbage collection: %s", report)
+        return report
+
+    def _sweep(self, written_before: datetime, dry_run: bool) -> tuple[int, int]:
+        """Delete stored blobs that the metadata no longer needs and that were written before the grace."""
+        deleted = kept = 0
+        candidates = ((d, w) for d, w in self.blobs.stored_blobs() if w < written_before)
+        while batch := list(islice(candidates, _BATCH)):
+            needed = self.metadata.referenced_digests(d for d, _ in batch)
+            for digest, _ in batch:
+                if digest in needed:
+                    kept += 1
+                    continue
+                if not dry_run:
+                    self.blobs.delete_blob(digest)
+                deleted += 1
+        return deleted, kept
