@@ -30,6 +30,8 @@ ROOT_CREDENTIALS_FILE = "root-credentials.json"
 app.add_typer(admin_app, name="admin")
 app.add_typer(lifecycle_app, name="lifecycle")
 app.command("gc")(ops_cli.gc)
+app.command("scan")(ops_cli.scan)
+app.add_typer(ops_cli.scan_db_app, name="scan-db")
 
 
 class AuthChallenge(StrEnum):

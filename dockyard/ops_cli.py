@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from dockyard.config import Settings
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
+from dockyard.domain.scanning.layout import scan_layout
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import prepare
 
@@ -78,3 +85,84 @@ def gc(
     collector = GarbageCollector(services.metadata, services.blobs, grace=timedelta(seconds=grace))
     report = collector.run(dry_run)
     typer.echo(json.dumps({**report.__dict__, "dryRun": dry_run}))
+
+
+scan_db_app = typer.Typer(help="The offline vulnerability database (OSV advisories).", no_args_is_help=True)
+
+
+@scan_db_app.command("import")
+def scan_db_import(
+    sources: Annotated[list[str], typer.Argument(help="OSV all.zip files (paths or http(s) URLs).")],
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    """Import (or incrementally refresh) advisories from OSV per-ecosystem all.zip bulk files."""
+    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    for source in sources:
+        with _local_copy(source) as path:
+            try:
+                report = services.vulnerabilities.import_zip(path, source_name=source)
+            except DockyardError as error:
+                console.print(f"[red]{source}: {error.message}[/]")
+                raise typer.Exit(1) from None
+        console.print(
+            f"{source}: {report.written} advisories written, {report.unchanged} unchanged, {report.rejected} rejected"
+        )
+
+
+@scan_db_app.command("status")
+def scan_db_status(data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+    """Show the imported sources and how many advisories the database holds."""
+    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    for name, imported_at, records in services.metadata.vulnerability_sources():
+        typer.echo(f"{name}\t{imported_at.isoformat()}\t{records} records")
+    typer.echo(f"total\t{services.metadata.count_vulnerabilities()} advisories")
+
+
+@contextlib.contextmanager
+def _local_copy(source: str) -> Iterator[Path]:
+    """A path for the source: itself, or a temporary download streamed from an URL."""
+    if not source.startswith(("http://", "https://")):
+        yield Path(source)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".zip") as file:
+        with urllib.request.urlopen(source, timeout=120) as response:  # noqa: S310 (http(s) only, checked above)
+            shutil.copyfileobj(response, file, 1 << 20)
+        file.flush()
+        yield Path(file.name)
+
+
+def scan(
+    layout: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="An OCI image layout directory.")],
+    ref: Annotated[
+        str | None, typer.Option(help="The image's ref name in index.json (default: its only image).")
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="json or table")] = "json",
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    """Scan an OCI image layout on disk with the server's code and database; prints the findings."""
+    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    try:
+        findings = scan_layout(layout, ref, services.scanner)
+    except DockyardError as error:
+        console.print(f"[red]{error.message}[/]")
+        raise typer.Exit(1) from None
+    updated = services.vulnerabilities.updated_at()
+    document = {
+        **findings.to_ecr(),
+        "vulnerabilitySourceUpdatedAt": updated.isoformat() if updated else None,
+    }
+    if output == "json":
+        typer.echo(json.dumps(document, indent=2))
+        return
+    table = Table("severity", "name", "package", "version")
+    for finding in document["findings"]:
+        attributes = {item["key"]: item["value"] for item in finding["attributes"]}
+        table.add_row(
+            finding["severity"],
+            finding["name"],
+            attributes.get("package_name", ""),
+            attributes.get("package_version", ""),
+        )
+    Console().print(table)

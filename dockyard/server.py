@@ -20,11 +20,13 @@ from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
+from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
+from dockyard.jobs.scans import ScanWorker
 from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.storage.audit import JsonLinesAudit
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
@@ -52,6 +54,8 @@ class Services:
         self.accounts = Accounts(self.metadata, self.box)
         self.events = JsonLinesAudit(settings.data_dir / "events.log")
         self.lifecycle = LifecycleRunner(self.registry, (self.audit, self.events))
+        self.vulnerabilities = VulnerabilityDatabase(self.metadata)
+        self.scanner = ImageScanner(self.registry, self.vulnerabilities)
         self.collector = GarbageCollector(self.metadata, self.blobs, grace=timedelta(seconds=settings.gc_grace))
 
     def scheduler(self) -> Scheduler:
@@ -114,6 +118,7 @@ class Dockyard:
             services.authenticator,
             services.login_tokens,
             services.authorizer,
+            services.scanner,
         )
 
         self.public_door: ASGIApp = PublicEcrDoor(
@@ -122,6 +127,7 @@ class Dockyard:
             services.authenticator,
             services.login_tokens,
             services.authorizer,
+            services.scanner,
         )
         self.query_door: ASGIApp = QueryDoor(services.accounts, services.authenticator, services.authorizer)
 
@@ -157,16 +163,20 @@ class Dockyard:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Background jobs start with the server and stop before it exits."""
-        scheduler = self.services.scheduler() if self.services.settings.background_jobs else None
+        background = self.services.settings.background_jobs
+        scheduler = self.services.scheduler() if background else None
+        scans = ScanWorker(self.services.scanner) if background else None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if scheduler is not None:
+                if scheduler is not None and scans is not None:
                     scheduler.start()
+                    scans.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if scheduler is not None:
+                if scheduler is not None and scans is not None:
                     await scheduler.stop()
+                    await scans.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -264,3 +264,7 @@ class ImageArchived(DockyardError):
 
 class LifecyclePolicyPreviewNotFound(DockyardError):
     kind = _kind("NAME_UNKNOWN", 404, "LifecyclePolicyPreviewNotFoundException", "no lifecycle policy preview")
+
+
+class ScanNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "ScanNotFoundException", "the image has not been scanned")

@@ -147,6 +147,8 @@ class Registry:
         self.new_id = new_id
         self.hashes = RunningHashes()
         self.manifest_cache = ByteLru(MANIFEST_CACHE_BYTES)
+        # Told of every manifest stored, after it is stored (e.g. to queue a scan); must be quick.
+        self.push_listeners: list[Callable[[Repository, ParsedManifest], None]] = []
         self.repositories = Repositories(metadata, clock, create_on_push)
 
     # ----------------------------------------------------------------------------------- repositories
@@ -288,6 +290,8 @@ class Registry:
         )
         if missing:
             _raise_missing(manifest, missing)
+        for listener in self.push_listeners:
+            listener(repository, manifest)
         subject = manifest.subject.digest if manifest.subject else None
         return PushedManifest(manifest.digest, subject)
 

@@ -94,6 +94,26 @@ class Template:
 
 
 @dataclass(frozen=True)
+class VulnerabilityEntry:
+    """One advisory to store: its id, `modified` stamp, JSON document and the (ecosystem, name) it affects."""
+
+    id: str
+    modified: str
+    document: str
+    packages: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    status: str  # PENDING, IN_PROGRESS, COMPLETE, FAILED, UNSUPPORTED_IMAGE
+    description: str | None
+    requested_at: datetime
+    completed_at: datetime | None
+    findings: str | None  # JSON of ECR's imageScanFindings (findings, findingSeverityCounts)
+    source_updated_at: datetime | None
+
+
+@dataclass(frozen=True)
 class IamUser:
     account_id: str
     user_name: str
@@ -336,6 +356,28 @@ class CollectorStore(Protocol):
     def referenced_digests(self, digests: Iterable[Digest]) -> set[Digest]: ...
 
 
+class ScanStore(Protocol):
+    def vulnerability_modified(self, ids: Iterable[str]) -> dict[str, str]: ...
+
+    def store_vulnerabilities(self, entries: Iterable[VulnerabilityEntry]) -> int: ...
+
+    def vulnerability_documents(self, ecosystem: str, name: str) -> list[str]: ...
+
+    def record_vulnerability_source(self, name: str, imported_at: datetime, records: int) -> None: ...
+
+    def vulnerability_sources(self) -> list[tuple[str, datetime, int]]: ...
+
+    def count_vulnerabilities(self) -> int: ...
+
+    def request_scan(self, repository_id: int, digest: Digest, now: datetime) -> None: ...
+
+    def claim_scan(self, owner: str, until: datetime, now: datetime) -> tuple[int, Digest] | None: ...
+
+    def finish_scan(self, repository_id: int, digest: Digest, result: ScanRecord) -> None: ...
+
+    def get_scans(self, repository_id: int, digests: Iterable[Digest]) -> dict[Digest, ScanRecord]: ...
+
+
 class LeaseStore(Protocol):
     """Leases make background work run on one node at a time; a dead node's lease simply expires."""
 
@@ -386,6 +428,7 @@ class MetadataStore(
     IamStore,
     LifecycleStore,
     CollectorStore,
+    ScanStore,
     LeaseStore,
     Protocol,
 ):

@@ -21,9 +21,11 @@ from starlette.types import Receive, Scope, Send
 
 from dockyard.domain.errors import (
     DockyardError,
+    ImageArchived,
     InvalidParameter,
     LifecyclePolicyPreviewNotFound,
     NameUnknown,
+    ScanNotFound,
     Unavailable,
 )
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
@@ -36,6 +38,7 @@ from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.repositories import Repositories, check_settings
+from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
 from dockyard.http import aws_json
 from dockyard.http.auth import request_context
@@ -85,8 +88,10 @@ class EcrDoor:
         authenticator: Authenticator,
         login_tokens: LoginTokens,
         authorizer: Authorizer,
+        scanner: ImageScanner,
     ) -> None:
         self.registry = registry
+        self.scanner = scanner
         self.repositories = repositories
         self.images = ImageOperations(registry)
         self.registries = Registries(registry.metadata, registry.clock)
@@ -163,6 +168,26 @@ class EcrDoor:
             "imageScanningConfiguration": {"scanOnPush": settings.scan_on_push},
             "encryptionConfiguration": {"encryptionType": settings.encryption_type, "kmsKey": settings.kms_key},
         }
+
+    def image_details(self, rows: list[ImageRow], ref: RepositoryRef) -> list[dict[str, Any]]:
+        """ImageDetail shapes for a page of images, with their scan status (one query for the page)."""
+        repository = self.registry.repository(ref)
+        scans = self.registry.metadata.get_scans(repository.id, [row.manifest.digest for row in rows])
+        details = []
+        for row in rows:
+            detail = self.image_detail(row, ref)
+            scan = scans.get(row.manifest.digest)
+            if scan is not None:
+                detail["imageScanStatus"] = {"status": scan.status, "description": scan.description}
+                if scan.status == "COMPLETE":
+                    counts = json.loads(scan.findings or "{}").get("findingSeverityCounts", {})
+                    detail["imageScanFindingsSummary"] = {
+                        "imageScanCompletedAt": scan.completed_at,
+                        "vulnerabilitySourceUpdatedAt": scan.source_updated_at,
+                        "findingSeverityCounts": counts,
+                    }
+            details.append(detail)
+        return details
 
     def image_detail(self, row: ImageRow, ref: RepositoryRef) -> dict[str, Any]:
         record = row.manifest
@@ -344,6 +369,52 @@ class EcrDoor:
             nextToken=next_token,
         )
 
+    def start_image_scan(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        image = call.params["imageId"]
+        found = self._guard_repository(call, lambda: self.images.describe(ref, _image_ids([image])))[0]
+        if found.manifest.storage_class == "ARCHIVE":
+            raise ImageArchived(f"The image {found.manifest.digest} is archived and cannot be scanned")
+        repository = self.registry.repository(ref)
+        status = self.scanner.start(repository, found.manifest.digest)
+        return {
+            "registryId": call.account,
+            "repositoryName": ref.name,
+            "imageId": {"imageDigest": str(found.manifest.digest), "imageTag": image.get("imageTag")},
+            "imageScanStatus": {"status": status.status, "description": status.description},
+        }
+
+    def describe_image_scan_findings(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        image = call.params["imageId"]
+        found = self._guard_repository(call, lambda: self.images.describe(ref, _image_ids([image])))[0]
+        repository = self.registry.repository(ref)
+        scan = self.registry.metadata.get_scans(repository.id, [found.manifest.digest]).get(found.manifest.digest)
+        if scan is None:
+            raise ScanNotFound(
+                f"Image scan does not exist for the image with '{found.manifest.digest}' in the repository with "
+                f"name '{ref.name}' in the registry with id '{ref.account_id}'"
+            )
+        result: dict[str, Any] = {
+            "registryId": call.account,
+            "repositoryName": ref.name,
+            "imageId": {"imageDigest": str(found.manifest.digest), "imageTag": image.get("imageTag")},
+            "imageScanStatus": {"status": scan.status, "description": scan.description},
+        }
+        if scan.status == "COMPLETE":
+            document = json.loads(scan.findings or "{}")
+            after, limit = _page(call)
+            start = int(after) if after else 0
+            findings = document.get("findings", [])
+            result["imageScanFindings"] = {
+                "imageScanCompletedAt": scan.completed_at,
+                "vulnerabilitySourceUpdatedAt": scan.source_updated_at,
+                "findingSeverityCounts": document.get("findingSeverityCounts", {}),
+                "findings": findings[start : start + limit],
+            }
+            result["nextToken"] = _token(str(start + limit)) if start + limit < len(findings) else None
+        return result
+
     def update_image_storage_class(self, call: EcrCall) -> dict[str, Any]:
         image = call.params["imageId"]
         target = call.params["targetStorageClass"]
@@ -462,13 +533,13 @@ class EcrDoor:
         if ids is not None:
             _no_pagination_with_ids(call, "imageIds")
             rows = self._guard_repository(call, lambda: self.images.describe(ref, _image_ids(ids)))
-            return {"imageDetails": [self.image_detail(row, ref) for row in rows]}
+            return {"imageDetails": self.image_details(rows, ref)}
         after, limit = _page(call)
         start = Digest.parse(after) if after else None
         rows = self._guard_repository(call, lambda: self.images.list_images(ref, start, limit + 1, _tag_status(call)))
         next_token = _token(str(rows[limit - 1].manifest.digest)) if len(rows) > limit else None
         wanted = _image_status(call)
-        details = [self.image_detail(row, ref) for row in rows[:limit] if _status_of(row) in wanted]
+        details = self.image_details([row for row in rows[:limit] if _status_of(row) in wanted], ref)
         return {"imageDetails": details, "nextToken": next_token}
 
     def batch_get_image(self, call: EcrCall) -> dict[str, Any]:

@@ -24,7 +24,7 @@ QUERIES = st.dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]),
     segments=st.lists(st.sampled_from(SEGMENTS), min_size=0, max_size=6),

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import posixpath
 import sqlite3
 import struct
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 Compression = Literal["", "gz", "bz2", "xz"]
+_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "": lambda data: data,
+    "gz": gzip.compress,
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ def opaque(directory_path: str) -> Entry:
 def layer(entries: Iterable[Entry], compression: Compression = "gz") -> io.BytesIO:
     """A layer blob as a registry would store it (gzip unless told otherwise)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=f"w:{compression}" if compression else "w") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for entry in entries:
             info = tarfile.TarInfo(entry.path)
             info.type, info.linkname, info.mode = (
@@ -61,8 +70,7 @@ def layer(entries: Iterable[Entry], compression: Compression = "gz") -> io.Bytes
             )
             info.size = len(entry.content) if entry.kind == tarfile.REGTYPE else 0
             tar.addfile(info, io.BytesIO(entry.content) if entry.kind == tarfile.REGTYPE else None)
-    buffer.seek(0)
-    return buffer
+    return io.BytesIO(_COMPRESSORS[compression](buffer.getvalue()))
 
 
 def os_release(os_id: str, version_id: str, version: str = "") -> Entry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -333,7 +334,7 @@ _SEMVER_CHAIN = [
 ]
 
 
-@pytest.mark.parametrize(("lower", "higher"), list(zip(_SEMVER_CHAIN, _SEMVER_CHAIN[1:], strict=False)))
+@pytest.mark.parametrize(("lower", "higher"), list(itertools.pairwise(_SEMVER_CHAIN)))
 def test_semver_precedence_chain(lower: str, higher: str) -> None:
     _check(compare_semver, lower, "<", higher)
 
@@ -424,4 +425,4 @@ def test_scheme_key_sorts(scheme: VersionScheme) -> None:
         scheme.name, ["1.0.0", "0.9.0", "1.0.1"]
     )
     ordered = sorted(versions, key=scheme.key)
-    assert all(scheme.compare(a, b) <= 0 for a, b in zip(ordered, ordered[1:], strict=False))
+    assert all(scheme.compare(a, b) <= 0 for a, b in itertools.pairwise(ordered))

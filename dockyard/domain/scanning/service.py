@@ -1,0 +1,233 @@
+"""Scanning as a service: the advisory database in the metadata store, the scan queue, scanning stored images.
+
+Scans never run in the push request: a push (or StartImageScan) queues one, and a background worker claims
+queued scans from the metadata store (any node may), streams the image's layers from the blob store through
+`read_inventory`, matches the packages against the stored advisories and records ECR-shaped findings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, Final
+
+from dockyard.domain.clock import Clock, utc_now
+from dockyard.domain.errors import DockyardError, LimitExceeded
+from dockyard.domain.images import Registry
+from dockyard.domain.manifests import ParsedManifest, parse_manifest
+from dockyard.domain.names import Digest
+from dockyard.domain.ports import MetadataStore, Repository, ScanRecord, VulnerabilityEntry
+from dockyard.domain.registries import SCANNING, Registries
+from dockyard.domain.repositories import wildcard_matches
+from dockyard.domain.scanning.errors import ScanFailed
+from dockyard.domain.scanning.inventory import read_inventory
+from dockyard.domain.scanning.matching import ScanFindings, match_inventory
+from dockyard.domain.scanning.osv import OsvFormatError, OsvRecord, parse_record
+
+log = logging.getLogger("dockyard.scanning")
+IMPORT_BATCH: Final = 1000
+MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
+SCAN_CLAIM: Final = timedelta(minutes=15)
+SCANS_PER_IMAGE_PER_DAY: Final = 1  # ECR's basic-scanning quota for StartImageScan
+_LAYER_HINTS: Final = ("tar", "layer")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    source: str
+    written: int
+    unchanged: int
+    rejected: int
+
+
+class VulnerabilityDatabase:
+    """OSV advisories kept in the metadata store, indexed by (ecosystem, package name)."""
+
+    def __init__(self, store: MetadataStore, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+
+    def import_zip(self, path: Path, source_name: str | None = None) -> ImportReport:
+        """Import an OSV `all.zip`; records whose `modified` stamp is unchanged are skipped (incremental)."""
+        written = unchanged = rejected = 0
+        batch: list[tuple[dict[str, Any], OsvRecord]] = []
+        for document, record in self._records(path):
+            if record is None:
+                rejected += 1
+                continue
+            batch.append((document, record))
+            if len(batch) >= IMPORT_BATCH:
+                done, same = self._store(batch)
+                written, unchanged, batch = written + done, unchanged + same, []
+        done, same = self._store(batch)
+        written, unchanged = written + done, unchanged + same
+        name = source_name or path.name
+        self.store.record_vulnerability_source(name, self.clock(), written + unchanged)
+        return ImportReport(name, written, unchanged, rejected)
+
+    def _records(self, path: Path) -> Iterator[tuple[dict[str, Any], OsvRecord | None]]:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ScanFailed(f"{path} is not a readable OSV zip archive: {exc}") from None
+        with archive:
+            for member in archive.infolist():
+                if member.is_dir() or not member.filename.endswith(".json") or member.file_size > MAX_RECORD_BYTES:
+                    continue
+                try:
+                    document = json.loads(archive.read(member))
+                    yield document, parse_record(document)
+                except (ValueError, OsvFormatError) as exc:
+                    log.warning("skipping %s in %s: %s", member.filename, path, exc)
+                    yield {}, None
+
+    def _store(self, batch: list[tuple[dict[str, Any], OsvRecord]]) -> tuple[int, int]:
+        known = self.store.vulnerability_modified(record.id for _, record in batch)
+        fresh = [(doc, rec) for doc, rec in batch if known.get(rec.id) != rec.modified]
+        entries = [
+            VulnerabilityEntry(
+                record.id,
+                record.modified,
+                json.dumps(document, separators=(",", ":")),
+                tuple(sorted({(a.package.ecosystem, a.package.normalized_name) for a in record.affected})),
+            )
+            for document, record in fresh
+            if not record.withdrawn
+        ]
+        return self.store.store_vulnerabilities(entries), len(batch) - len(fresh)
+
+    def lookup(self) -> Callable[[str, str], tuple[OsvRecord, ...]]:
+        """A lookup for one scan: each (ecosystem, package) is read and parsed once."""
+        cache: dict[tuple[str, str], tuple[OsvRecord, ...]] = {}
+        from dockyard.domain.scanning.osv import normalize_name
+
+        def find(ecosystem: str, name: str) -> tuple[OsvRecord, ...]:
+            key = (ecosystem, normalize_name(ecosystem, name))
+            if key not in cache:
+                cache[key] = tuple(parse_record(json.loads(d)) for d in self.store.vulnerability_documents(*key))
+            return cache[key]
+
+        return find
+
+    def updated_at(self) -> datetime | None:
+        sources = self.store.vulnerability_sources()
+        return max((imported for _, imported, _ in sources), default=None)
+
+
+class IteratorReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks: how blob-store streams feed `tarfile`."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            self._buffer = next(self._chunks, b"")
+            if not self._buffer:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+class ImageScanner:
+    def __init__(
+        self, registry: Registry, database: VulnerabilityDatabase, clock: Clock = utc_now, owner: str | None = None
+    ) -> None:
+        self.registry = registry
+        self.metadata = registry.metadata
+        self.database = database
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.registries = Registries(registry.metadata, clock)
+        registry.push_listeners.append(self.on_push)
+
+    # ------------------------------------------------------------------------------------ queueing
+
+    def on_push(self, repository: Repository, manifest: ParsedManifest) -> None:
+        """Queue a scan of a pushed image when the repository or the registry's rules ask for scan on push."""
+        if not manifest.is_index and self.scans_on_push(repository):
+            self.metadata.request_scan(repository.id, manifest.digest, self.clock())
+
+    def scans_on_push(self, repository: Repository) -> bool:
+        if repository.settings.scan_on_push:
+            return True
+        ref = repository.ref
+        configuration = self.registries.configuration(ref.account_id, ref.region, SCANNING, {"rules": []})
+        return any(
+            rule.get("scanFrequency") in ("SCAN_ON_PUSH", "CONTINUOUS_SCAN")
+            and any(wildcard_matches(f.get("filter", ""), ref.name) for f in rule.get("repositoryFilters", []))
+            for rule in configuration.get("rules", [])
+        )
+
+    def start(self, repository: Repository, digest: Digest) -> ScanRecord:
+        """StartImageScan: at most one scan per image per day, as ECR."""
+        now = self.clock()
+        previous = self.metadata.get_scans(repository.id, [digest]).get(digest)
+        if previous is not None and previous.status in ("PENDING", "IN_PROGRESS"):
+            return previous
+        if previous is not None and now - previous.requested_at < timedelta(days=1):
+            raise LimitExceeded(
+                f"The scan quota per image has been exceeded. Wait and try again: image {digest} was scanned at "
+                f"{previous.requested_at.isoformat()}"
+            )
+        self.metadata.request_scan(repository.id, digest, now)
+        return ScanRecord("PENDING", "The scan is waiting to start.", now, None, None, None)
+
+    def work_once(self) -> bool:
+        """Claim and run one queued scan; False when the queue is empty."""
+        now = self.clock()
+        claimed = self.metadata.claim_scan(self.owner, now + SCAN_CLAIM, now)
+        if claimed is None:
+            return False
+        repository_id, digest = claimed
+        self.metadata.finish_scan(repository_id, digest, self._scan(repository_id, digest))
+        return True
+
+    # ------------------------------------------------------------------------------------ scanning
+
+    def _scan(self, repository_id: int, digest: Digest) -> ScanRecord:
+        requested = self.clock()
+        try:
+            findings = self.scan_image(repository_id, digest)
+        except ScanFailed as error:
+            status = "UNSUPPORTED_IMAGE" if error.detail == "unsupported" else "FAILED"
+            return ScanRecord(status, error.message, requested, self.clock(), None, self.database.updated_at())
+        except DockyardError as error:
+            return ScanRecord("FAILED", error.message, requested, self.clock(), None, self.database.updated_at())
+        document = {**findings.to_ecr(), "scannedPackages": findings.scanned_packages}
+        description = "The scan was completed successfully."
+        if findings.unscannable:
+            description += f" {len(findings.unscannable)} package(s) could not be evaluated."
+        return ScanRecord(
+            "COMPLETE", description, requested, self.clock(), json.dumps(document), self.database.updated_at()
+        )
+
+    def scan_image(self, repository_id: int, digest: Digest) -> ScanFindings:
+        record = self.metadata.get_manifest(repository_id, digest)
+        if record is None:
+            raise ScanFailed("the image no longer exists", detail="unsupported")
+        manifest = parse_manifest(self.registry.manifest_content(record), record.media_type)
+        if manifest.is_index:
+            raise ScanFailed("Image lists are not scanned; scan each image of the list.", detail="unsupported")
+        layers = [d for d in manifest.blobs[1:] if any(hint in d.media_type for hint in _LAYER_HINTS)]
+        if not layers:
+            raise ScanFailed(f"{manifest.config_media_type} artifacts have no layers to scan", detail="unsupported")
+        streams = (io.BufferedReader(IteratorReader(self.registry.blobs.read_blob(d.digest)), 1 << 20) for d in layers)
+        return self.scan_layers(streams)
+
+    def scan_layers(self, layers: Iterable[IO[bytes]]) -> ScanFindings:
+        return match_inventory(read_inventory(layers), self.database.lookup())
