@@ -106,7 +106,7 @@ def verify(request: SignedRequest, lookup: SecretLookup, services: frozenset[str
         raise UnrecognizedClient()
     principal, secret = found
     expected = _signature(request, parsed, query, secret)
-    if not hmac.compare_digest(expected, parsed.signature):
+    if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
         raise InvalidSignature()
     return Verified(principal, parsed.region, parsed.service)
 
@@ -180,7 +180,9 @@ def _check_time(parsed: _Parsed, now: datetime) -> None:
     except ValueError:
         raise IncompleteSignature(f"X-Amz-Date must be in ISO 8601 basic format: {parsed.timestamp!r}") from None
     if parsed.expires is not None:
-        if now > signed_at + timedelta(seconds=parsed.expires) or signed_at - now > MAX_SKEW:
+        # Compared as offsets from the signing time: an extreme X-Amz-Date must not overflow datetime.
+        age = now - signed_at
+        if age > timedelta(seconds=parsed.expires) or -age > MAX_SKEW:
             raise SignatureExpired(f"Request has expired (signed at {parsed.timestamp})")
     elif abs(now - signed_at) > MAX_SKEW:
         raise InvalidSignature(
@@ -218,5 +220,5 @@ def _check_payload_hash(request: SignedRequest) -> None:
         return
     if declared == UNSIGNED_PAYLOAD:
         raise InvalidSignature("this API requires a signed payload")
-    if not hmac.compare_digest(declared, hashlib.sha256(request.body).hexdigest()):
+    if not hmac.compare_digest(declared.encode(), hashlib.sha256(request.body).hexdigest().encode()):
         raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
