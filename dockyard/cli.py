@@ -87,6 +87,7 @@ def serve(
     lifecycle_interval: Annotated[float, typer.Option(help="Seconds between lifecycle sweeps.")] = 86_400.0,
     gc_interval: Annotated[float, typer.Option(help="Seconds between garbage collections.")] = 3_600.0,
     gc_grace: Annotated[float, typer.Option(help="Seconds during which new content is never collected.")] = 3_600.0,
+    db_pool_size: Annotated[int, typer.Option(min=1, help="Metadata connections per worker process.")] = 10,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -105,6 +106,7 @@ def serve(
         lifecycle_interval,
         gc_interval,
         gc_grace,
+        db_pool_size=db_pool_size,
     )
     services = prepare(settings)
     credentials = _bootstrap_credentials(services, settings)

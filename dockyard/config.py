@@ -29,6 +29,7 @@ class Settings:
     gc_interval: float = 3_600.0  # seconds between garbage collections
     gc_grace: float = 3_600.0  # content younger than this is never collected (uploads in flight)
     background_jobs: bool = True
+    db_pool_size: int = 10  # connections per worker process
 
     @property
     def database(self) -> str:

@@ -39,7 +39,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database)
+        self.engine = make_engine(settings.database, pool_size=settings.db_pool_size)
         self.metadata = SqlMetadataStore(self.engine)
         self.blobs = FilesystemBlobStore(settings.blob_root)
         master_key = load_master_key(settings.data_dir)

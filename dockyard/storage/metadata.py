@@ -458,11 +458,13 @@ class SqlMetadataStore:
                     created_at=now,
                     **_settings_row(settings or RepositorySettings()),
                 )
+                .returning(repositories.c.id)  # a row comes back only when this insert created it
             )
+            inserted = result.first() is not None
         self._repositories.invalidate(ref)
         created = self.get_repository(ref)
         assert created is not None, "a repository row vanished right after its insert"
-        return created, result.rowcount > 0
+        return created, inserted
 
     def list_repositories(self, account_id: str, region: str, after: str | None, limit: int) -> list[Repository]:
         query = (

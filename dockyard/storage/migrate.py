@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -18,9 +18,24 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# Any fixed number: the key of the PostgreSQL advisory lock that serialises migrations across nodes.
+MIGRATION_LOCK_KEY = 0x646F636B79617264  # "dockyard"
+
+
 def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision. On PostgreSQL nodes starting together take turns under an
+    advisory lock (the later ones then find nothing to do); SQLite serialises writers by itself."""
     config = alembic_config(engine)
     with engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        connection.commit()
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
+        finally:
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()

@@ -16,9 +16,11 @@ from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import ManifestRecord, ManifestReference, Repository, UploadSession
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
+from tests.support.databases import postgres_url, sqlite_url
 
 METADATA_BACKENDS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path / 'metadata.db'}",
+    "sqlite": sqlite_url,
+    "postgresql": postgres_url,
 }
 
 ACCOUNT = "123456789012"
