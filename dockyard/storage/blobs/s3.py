@@ -94,7 +94,7 @@ class _UploadState:
         return self.parts if self.tail is None else (*self.parts, self.tail)
 
     def dump(self) -> bytes:
-        document = {"parts": [list(part) for part in self.parts], "tail": self.tail and list(self.tail)}
+        document: dict[str, Any] = {"parts": [list(part) for part in self.parts], "tail": self.tail and list(self.tail)}
         if self.commit is not None:
             document["commit"] = list(self.commit)
         return json.dumps(document, separators=(",", ":")).encode()

@@ -27,7 +27,7 @@ from dockyard.domain.manifests import parse_manifest
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import RepositorySettings
 from dockyard.server import prepare
-from dockyard.storage.metadata import manifest_references, manifests, tags
+from dockyard.storage.metadata.schema import manifest_references, manifests, tags
 from tests.api.ecr.helpers import REGION, ecr_client
 from tests.support.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256
 from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess

@@ -1,0 +1,68 @@
+"""Plumbing shared by the store's parts: connections, dialect-aware inserts and upserts, caches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from dockyard.domain.cache import TtlCache
+from dockyard.domain.ports import (
+    Document,
+    ManifestRecord,
+    Repository,
+)
+
+
+class StoreBase:
+    """Implements every metadata protocol of `dockyard.domain.ports` over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, cache_ttl: float = 1.0) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        # Repositories and their documents are read on every request and change rarely (see TtlCache).
+        self._repositories: TtlCache[Repository | None] = TtlCache(cache_ttl)
+        self._documents: TtlCache[Document | None] = TtlCache(cache_ttl)
+        # Blob links and manifests by digest are immutable until deleted: positive answers are cached the
+        # same way (a miss is never cached: an upload may link the blob a moment later).
+        self._links: TtlCache[int | None] = TtlCache(cache_ttl, max_entries=100_000)
+        self._manifests: TtlCache[ManifestRecord | None] = TtlCache(cache_ttl, max_entries=100_000)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for one read. On SQLite a single SELECT runs without an explicit transaction."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(single_read=True)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(writes=True)
+            with connection.begin():
+                yield connection
+
+    def _insert(self, table: Table) -> Any:
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        return dialect_insert(table)
+
+    def _insert_ignore(self, table: Table) -> Insert:
+        statement: Insert = self._insert(table).on_conflict_do_nothing()
+        return statement
+
+    def _upsert(self, table: Table, keys: dict[str, Any], values: dict[str, Any]) -> None:
+        statement = self._insert(table).values(**keys, **values)
+        with self._write() as connection:
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c[name] for name in keys],
+                    set_={name: statement.excluded[name] for name in values},
+                )
+            )

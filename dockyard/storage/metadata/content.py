@@ -1,0 +1,288 @@
+"""Blob links, upload sessions, manifests, tags and referrers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    Connection,
+    delete,
+    select,
+    update,
+)
+
+from dockyard.domain.names import Digest
+from dockyard.domain.ports import (
+    ImageRow,
+    ManifestRecord,
+    ManifestReference,
+    TagGuard,
+    UploadSession,
+)
+from dockyard.storage.metadata.base import StoreBase
+from dockyard.storage.metadata.rows import (
+    manifest_record,
+    manifest_row,
+)
+from dockyard.storage.metadata.schema import (
+    _GET_MANIFEST,
+    _LINKED_BLOB_SIZE,
+    _RESOLVE_TAG,
+    blobs,
+    manifest_references,
+    manifests,
+    repository_blobs,
+    tags,
+    uploads,
+)
+
+
+class ContentRecords(StoreBase):
+    def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
+        key = (repository_id, digest)
+        size = self._links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
+        if size is None:
+            self._links.invalidate(key)
+        return size
+
+    def _load_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
+        with self._read() as connection:
+            size: int | None = connection.execute(
+                _LINKED_BLOB_SIZE, {"repository_id": repository_id, "digest": str(digest)}
+            ).scalar()
+        return size
+
+    def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now))
+            connection.execute(
+                self._insert_ignore(repository_blobs).values(
+                    repository_id=repository_id, digest=str(digest), linked_at=now
+                )
+            )
+
+    def unlink_blob(self, repository_id: int, digest: Digest) -> bool:
+        self._links.invalidate((repository_id, digest))
+        with self._write() as connection:
+            result = connection.execute(
+                delete(repository_blobs).where(
+                    repository_blobs.c.repository_id == repository_id,
+                    repository_blobs.c.digest == str(digest),
+                )
+            )
+        return result.rowcount > 0
+
+    def create_upload(self, session: UploadSession) -> None:
+        with self._write() as connection:
+            connection.execute(
+                uploads.insert().values(
+                    id=session.id, repository_id=session.repository_id, started_at=session.started_at
+                )
+            )
+
+    def get_upload(self, upload_id: str) -> UploadSession | None:
+        with self._read() as connection:
+            row = connection.execute(select(uploads).where(uploads.c.id == upload_id)).first()
+        return None if row is None else UploadSession(row.id, row.repository_id, row.started_at)
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as connection:
+            connection.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+    def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
+        key = (repository_id, digest)
+        record = self._manifests.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
+        if record is None:
+            self._manifests.invalidate(key)
+        return record
+
+    def _load_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
+        with self._read() as connection:
+            row = connection.execute(_GET_MANIFEST, {"repository_id": repository_id, "digest": str(digest)}).first()
+        return None if row is None else manifest_record(row)
+
+    def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None:
+        with self._read() as connection:
+            row = connection.execute(_RESOLVE_TAG, {"repository_id": repository_id, "tag": tag}).first()
+        return None if row is None else manifest_record(row)
+
+    def put_manifest(
+        self,
+        repository_id: int,
+        record: ManifestRecord,
+        references: Iterable[ManifestReference],
+        tag_names: Iterable[str],
+        guard: TagGuard | None = None,
+    ) -> list[Digest]:
+        references = list(references)
+        tag_names = list(tag_names)
+        with self._write() as connection:
+            missing = self._missing_references(connection, repository_id, references)
+            if missing:
+                return missing
+            if guard is not None:
+                for name in tag_names:
+                    guard(name, self._tag_target(connection, repository_id, name))
+            connection.execute(self._insert_ignore(manifests).values(**manifest_row(repository_id, record)))
+            if references:
+                connection.execute(
+                    self._insert_ignore(manifest_references),
+                    [
+                        {
+                            "repository_id": repository_id,
+                            "parent_digest": str(record.digest),
+                            "child_digest": str(ref.digest),
+                            "is_manifest": ref.is_manifest,
+                        }
+                        for ref in references
+                    ],
+                )
+            for name in tag_names:
+                self._set_tag(connection, repository_id, name, record)
+        return []
+
+    def _tag_target(self, connection: Connection, repository_id: int, name: str) -> Digest | None:
+        current = connection.execute(
+            select(tags.c.digest).where(tags.c.repository_id == repository_id, tags.c.name == name)
+        ).scalar()
+        return None if current is None else Digest.parse(current)
+
+    def _set_tag(self, connection: Connection, repository_id: int, name: str, record: ManifestRecord) -> None:
+        statement = self._insert(tags).values(
+            repository_id=repository_id, name=name, digest=str(record.digest), updated_at=record.pushed_at
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[tags.c.repository_id, tags.c.name],
+                set_={"digest": statement.excluded.digest, "updated_at": statement.excluded.updated_at},
+            )
+        )
+
+    def _missing_references(
+        self, connection: Connection, repository_id: int, references: Sequence[ManifestReference]
+    ) -> list[Digest]:
+        wanted_blobs = {str(r.digest) for r in references if not r.is_manifest}
+        wanted_manifests = {str(r.digest) for r in references if r.is_manifest}
+        found: set[str] = set()
+        if wanted_blobs:
+            found |= set(
+                connection.execute(
+                    select(repository_blobs.c.digest).where(
+                        repository_blobs.c.repository_id == repository_id,
+                        repository_blobs.c.digest.in_(wanted_blobs),
+                    )
+                ).scalars()
+            )
+        if wanted_manifests:
+            found |= set(
+                connection.execute(
+                    select(manifests.c.digest).where(
+                        manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted_manifests)
+                    )
+                ).scalars()
+            )
+        return sorted({Digest.parse(d) for d in (wanted_blobs | wanted_manifests) - found})
+
+    def delete_tag(self, repository_id: int, tag: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag))
+        return result.rowcount > 0
+
+    def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
+        self._manifests.invalidate((repository_id, digest))
+        with self._write() as connection:
+            connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest)))
+            connection.execute(
+                delete(manifest_references).where(
+                    manifest_references.c.repository_id == repository_id,
+                    manifest_references.c.parent_digest == str(digest),
+                )
+            )
+            result = connection.execute(
+                delete(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+            )
+        return result.rowcount > 0
+
+    def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
+        query = select(manifest_references.c.parent_digest).where(
+            manifest_references.c.repository_id == repository_id,
+            manifest_references.c.child_digest == str(digest),
+            manifest_references.c.is_manifest.is_(True),
+        )
+        with self._read() as connection:
+            return [Digest.parse(d) for d in connection.execute(query).scalars()]
+
+    def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]:
+        query = select(tags.c.name).where(tags.c.repository_id == repository_id).order_by(tags.c.name).limit(limit)
+        if after is not None:
+            query = query.where(tags.c.name > after)
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def list_images(
+        self, repository_id: int, after: Digest | None, limit: int, tagged: bool | None, inclusive: bool = False
+    ) -> list[ImageRow]:
+        query = select(manifests).where(manifests.c.repository_id == repository_id)
+        if after is not None:
+            query = query.where(manifests.c.digest >= str(after) if inclusive else manifests.c.digest > str(after))
+        if tagged is not None:
+            has_tag = (
+                select(tags.c.name)
+                .where(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest)
+                .exists()
+            )
+            query = query.where(has_tag if tagged else ~has_tag)
+        query = query.order_by(manifests.c.digest).limit(limit)
+        with self._read() as connection:
+            records = [manifest_record(row) for row in connection.execute(query)]
+            return self._with_tags(connection, repository_id, records)
+
+    def get_images(self, repository_id: int, digests: Iterable[Digest]) -> list[ImageRow]:
+        wanted = sorted({str(d) for d in digests})
+        query = select(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted))
+        with self._read() as connection:
+            records = [manifest_record(row) for row in connection.execute(query)]
+            return self._with_tags(connection, repository_id, records)
+
+    def _with_tags(self, connection: Connection, repository_id: int, records: list[ManifestRecord]) -> list[ImageRow]:
+        if not records:
+            return []
+        query = (
+            select(tags.c.digest, tags.c.name)
+            .where(tags.c.repository_id == repository_id, tags.c.digest.in_([str(r.digest) for r in records]))
+            .order_by(tags.c.name)
+        )
+        names: dict[str, list[str]] = {}
+        for row in connection.execute(query):
+            names.setdefault(row.digest, []).append(row.name)
+        return [ImageRow(record, tuple(names.get(str(record.digest), ()))) for record in records]
+
+    def tags_of(self, repository_id: int, digest: Digest) -> list[str]:
+        query = (
+            select(tags.c.name)
+            .where(tags.c.repository_id == repository_id, tags.c.digest == str(digest))
+            .order_by(tags.c.name)
+        )
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def record_pull(self, repository_id: int, digest: Digest, now: datetime) -> None:
+        self._manifests.invalidate((repository_id, digest))
+        with self._write() as connection:
+            connection.execute(
+                update(manifests)
+                .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+                .values(last_pulled_at=now)
+            )
+
+    def list_referrers(self, repository_id: int, subject: Digest, artifact_type: str | None) -> list[ManifestRecord]:
+        query = (
+            select(manifests)
+            .where(manifests.c.repository_id == repository_id, manifests.c.subject_digest == str(subject))
+            .order_by(manifests.c.pushed_at, manifests.c.digest)
+        )
+        if artifact_type is not None:
+            query = query.where(manifests.c.artifact_type == artifact_type)
+        with self._read() as connection:
+            return [manifest_record(row) for row in connection.execute(query)]

@@ -1,0 +1,127 @@
+"""What background work needs: storage classes, garbage collection queries, leases and job runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import (
+    and_,
+    delete,
+    select,
+    update,
+)
+
+from dockyard.domain.names import Digest
+from dockyard.domain.ports import (
+    Repository,
+    UploadSession,
+)
+from dockyard.storage.metadata.base import StoreBase
+from dockyard.storage.metadata.rows import (
+    repository_record,
+)
+from dockyard.storage.metadata.schema import (
+    blobs,
+    job_runs,
+    leases,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    repository_documents,
+    uploads,
+)
+
+
+class OperationRecords(StoreBase):
+    def set_storage_class(self, repository_id: int, digest: Digest, storage_class: str, now: datetime) -> None:
+        stamp = {"last_archived_at": now} if storage_class == "ARCHIVE" else {"last_activated_at": now}
+        with self._write() as connection:
+            connection.execute(
+                update(manifests)
+                .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+                .values(storage_class=storage_class, **stamp)
+            )
+        self._manifests.invalidate((repository_id, digest))
+
+    def manifest_children(self, repository_id: int) -> dict[Digest, list[Digest]]:
+        """Every index of the repository with the manifests it lists."""
+        query = select(manifest_references.c.parent_digest, manifest_references.c.child_digest).where(
+            manifest_references.c.repository_id == repository_id, manifest_references.c.is_manifest.is_(True)
+        )
+        children: dict[Digest, list[Digest]] = {}
+        with self._read() as connection:
+            for row in connection.execute(query):
+                children.setdefault(Digest.parse(row.parent_digest), []).append(Digest.parse(row.child_digest))
+        return children
+
+    def repositories_with_document(self, kind: str) -> list[Repository]:
+        query = select(repositories).join(
+            repository_documents,
+            and_(repository_documents.c.repository_id == repositories.c.id, repository_documents.c.kind == kind),
+        )
+        with self._read() as connection:
+            return [repository_record(row) for row in connection.execute(query)]
+
+    def expired_uploads(self, started_before: datetime) -> list[UploadSession]:
+        query = select(uploads).where(uploads.c.started_at < started_before)
+        with self._read() as connection:
+            return [UploadSession(row.id, row.repository_id, row.started_at) for row in connection.execute(query)]
+
+    def delete_unreferenced_links(self, linked_before: datetime) -> int:
+        """Unlink blobs no manifest of their repository references any more (older than the grace period)."""
+        referenced = (
+            select(manifest_references.c.child_digest)
+            .where(
+                manifest_references.c.repository_id == repository_blobs.c.repository_id,
+                manifest_references.c.child_digest == repository_blobs.c.digest,
+            )
+            .exists()
+        )
+        with self._write() as connection:
+            result = connection.execute(
+                delete(repository_blobs).where(repository_blobs.c.linked_at < linked_before, ~referenced)
+            )
+        self._links.clear()
+        return result.rowcount
+
+    def delete_orphan_blob_rows(self, created_before: datetime) -> int:
+        linked = select(repository_blobs.c.digest).where(repository_blobs.c.digest == blobs.c.digest).exists()
+        with self._write() as connection:
+            result = connection.execute(delete(blobs).where(blobs.c.created_at < created_before, ~linked))
+        return result.rowcount
+
+    def referenced_digests(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Which of `digests` the metadata still needs: known blobs or manifest contents of any repository."""
+        wanted = [str(d) for d in digests]
+        with self._read() as connection:
+            found = set(connection.execute(select(blobs.c.digest).where(blobs.c.digest.in_(wanted))).scalars())
+            found |= set(connection.execute(select(manifests.c.digest).where(manifests.c.digest.in_(wanted))).scalars())
+        return {Digest.parse(d) for d in found}
+
+    def try_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+        """Take the named lease if it is free, expired, or already ours; one transaction decides."""
+        with self._write() as connection:
+            row = connection.execute(select(leases).where(leases.c.name == name)).first()
+            if row is None:
+                connection.execute(leases.insert().values(name=name, owner=owner, expires_at=until))
+                return True
+            if row.owner != owner and row.expires_at > now:
+                return False
+            connection.execute(update(leases).where(leases.c.name == name).values(owner=owner, expires_at=until))
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._write() as connection:
+            connection.execute(delete(leases).where(leases.c.name == name, leases.c.owner == owner))
+
+    def job_last_run(self, name: str) -> datetime | None:
+        with self._read() as connection:
+            value: datetime | None = connection.execute(
+                select(job_runs.c.last_run_at).where(job_runs.c.name == name)
+            ).scalar()
+        return value
+
+    def set_job_last_run(self, name: str, when: datetime) -> None:
+        self._upsert(job_runs, {"name": name}, {"last_run_at": when})
