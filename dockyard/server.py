@@ -8,6 +8,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,12 +19,14 @@ from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.lifecycle_runs import LifecycleRunner
+from dockyard.domain.names import Digest
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
+from dockyard.http.logs import configure_logging, with_request_id
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
 from dockyard.jobs.scans import ScanWorker
@@ -137,6 +140,9 @@ class Dockyard:
             return
         if scope["type"] != "http":
             return
+        await with_request_id(scope, receive, send, self._route)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path == "/v2" or path.startswith("/v2/") or path == "/token":
             await self.registry_door(scope, receive, send)
@@ -155,11 +161,29 @@ class Dockyard:
         response: Response
         if path == "/healthz":
             response = JSONResponse({"status": "ok"})
+        elif path == "/readyz":
+            response = await run_in_threadpool(self._readiness)
         elif path == "/metrics":
             response = metrics_response()
         else:
             response = JSONResponse({"message": "not found"}, status_code=404)
         await response(scope, receive, send)
+
+    def _readiness(self) -> Response:
+        """Ready when the metadata store answers a query and the blob store answers a lookup."""
+        checks: dict[str, str] = {}
+        try:
+            self.services.metadata.count_vulnerabilities()
+            checks["metadata"] = "ok"
+        except Exception as exc:  # a readiness probe reports any failure, whatever its type
+            checks["metadata"] = f"unavailable: {type(exc).__name__}"
+        try:
+            self.services.blobs.blob_size(Digest.of(b"dockyard readiness probe"))
+            checks["blobs"] = "ok"
+        except Exception as exc:  # likewise
+            checks["blobs"] = f"unavailable: {type(exc).__name__}"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Background jobs start with the server and stop before it exits."""
@@ -190,4 +214,5 @@ def _header(scope: Scope, name: bytes) -> str:
 
 def create_app() -> Dockyard:
     """The factory each server worker calls; settings arrive through the environment."""
+    configure_logging()
     return Dockyard(Services(Settings.from_environment()))
