@@ -123,7 +123,11 @@ class ImageOperations:
                 failures.append(ImageFailure(item.image_id, "ImageInaccessible", "the image is archived"))
                 continue
             if accepted and record.media_type not in accepted:
-                failures.append(ImageFailure(item.image_id, "UnsupportedImageType", f"manifest is {record.media_type}"))
+                failures.append(
+                    ImageFailure(
+                        item.image_id, "ImageNotFound", f"no manifest of an accepted type ({record.media_type})"
+                    )
+                )
                 continue
             images.append((item, self.registry.manifest_content(record)))
             self.registry.note_pull(ref, record.digest, record.last_pulled_at, now)
