@@ -18,14 +18,17 @@ from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.kms import KeyService
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.names import Digest
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
 from dockyard.domain.tokens import TokenSigner, derive_key
+from dockyard.http.aws_json import UnknownOperation, error_response
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
+from dockyard.http.kms_api import KMS_TARGET, KmsDoor
 from dockyard.http.logs import configure_logging, with_request_id
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
@@ -57,6 +60,7 @@ class Services:
         self.accounts = Accounts(self.metadata, self.box)
         self.events = JsonLinesAudit(settings.data_dir / "events.log")
         self.lifecycle = LifecycleRunner(self.registry, (self.audit, self.events))
+        self.keys = KeyService(self.metadata, self.box)
         self.vulnerabilities = VulnerabilityDatabase(self.metadata)
         self.scanner = ImageScanner(self.registry, self.vulnerabilities)
         self.collector = GarbageCollector(self.metadata, self.blobs, grace=timedelta(seconds=settings.gc_grace))
@@ -65,6 +69,7 @@ class Services:
         jobs = [
             Job("lifecycle-sweep", timedelta(seconds=self.settings.lifecycle_interval), self.lifecycle.run_all),
             Job("garbage-collection", timedelta(seconds=self.settings.gc_interval), self.collector.run),
+            Job("kms-key-rotation", timedelta(days=1), self.keys.rotate_due),
         ]
         return Scheduler(self.metadata, jobs)
 
@@ -132,6 +137,7 @@ class Dockyard:
             services.authorizer,
             services.scanner,
         )
+        self.kms_door: ASGIApp = KmsDoor(services.keys, services.authenticator, services.authorizer)
         self.query_door: ASGIApp = QueryDoor(services.accounts, services.authenticator, services.authorizer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,6 +160,13 @@ class Dockyard:
                 return
             if target.startswith(PUBLIC_TARGET + "."):
                 await self.public_door(scope, receive, send)
+                return
+            if target.startswith(KMS_TARGET + "."):
+                await self.kms_door(scope, receive, send)
+                return
+            if target:
+                unknown = UnknownOperation(f"Unknown target {target!r}: no such service or operation here")
+                await error_response(unknown)(scope, receive, send)
                 return
             if _header(scope, b"content-type").startswith(FORM):
                 await self.query_door(scope, receive, send)

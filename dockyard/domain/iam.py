@@ -197,6 +197,24 @@ class Authorizer:
         if not decision.allowed:
             raise Denied(f"User: {principal.arn} is not authorized to perform: {action} in account {account_id}")
 
+    def authorize_resource(
+        self,
+        principal: Principal,
+        action: str,
+        resource_arn: str,
+        resource_account: str,
+        resource_policy: str,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        """Any other resource with its own policy (a KMS key and its key policy)."""
+        request = self._request(principal, action, resource_arn, resource_account, context or {})
+        identity = [parsed.policy for parsed in self._identity_policies(principal)]
+        policy = self._parse(resource_policy, "resource").policy
+        decision = evaluate(request, identity, policy, is_root=principal.user_name is None)
+        self._record(principal, action, resource_arn, decision.outcome.name, context)
+        if not decision.allowed:
+            raise Denied(f"User: {principal.arn} is not authorized to perform: {action} on resource: {resource_arn}")
+
     def allowed(
         self, principal: Principal | None, action: str, repository: RepositoryRef, context: Mapping[str, str] | None
     ) -> bool:

@@ -311,6 +311,10 @@ class DocumentStore(Protocol):
 
     def find_registry_document(self, region: str, kind: str, text: str) -> str | None: ...
 
+    def list_registry_documents(
+        self, account_id: str | None, region: str | None, kind_prefix: str
+    ) -> list[tuple[str, str]]: ...
+
 
 class TemplateStore(Protocol):
     def list_templates(self, account_id: str, region: str) -> list[Template]: ...

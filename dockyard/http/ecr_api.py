@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from dockyard.domain.errors import (
-    DockyardError,
     ImageArchived,
     InvalidParameter,
     LifecyclePolicyPreviewNotFound,
     NameUnknown,
     ScanNotFound,
-    Unavailable,
 )
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
 from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
@@ -40,14 +34,11 @@ from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
-from dockyard.http import aws_json
 from dockyard.http.auth import request_context
-from dockyard.http.errors import log
-from dockyard.http.metrics import LATENCY, REQUESTS
-from dockyard.http.sigv4 import SignedRequest, verify
+from dockyard.http.aws_door import AwsJsonDoor
+from dockyard.http.sigv4 import Verified
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
-MAX_BODY: Final = 32 * 1024 * 1024  # UploadLayerPart carries up to 20 MiB, base64-encoded
 DEFAULT_PAGE: Final = 100
 
 
@@ -76,10 +67,11 @@ class EcrCall:
 Handler = Callable[[EcrCall], dict[str, Any]]
 
 
-class EcrDoor:
+class EcrDoor(AwsJsonDoor[EcrCall]):
     """The `ecr` service. `PublicEcrDoor` below reuses every handler whose shapes are the same."""
 
     SERVICE = "ecr"
+    MAX_BODY = 32 * 1024 * 1024  # UploadLayerPart carries up to 20 MiB, base64-encoded
 
     def __init__(
         self,
@@ -96,53 +88,20 @@ class EcrDoor:
         self.images = ImageOperations(registry)
         self.registries = Registries(registry.metadata, registry.clock)
         self.lifecycle = LifecycleRunner(registry, clock=registry.clock)
-        self.authenticator = authenticator
         self.login_tokens = login_tokens
         self.authorizer = authorizer
-        self.model = aws_json.service_model(self.SERVICE)
-        self.handlers: dict[str, Handler] = {
-            name: getattr(self, _snake(name)) for name in self.model.operation_names if hasattr(self, _snake(name))
-        }
+        super().__init__(authenticator, registry.clock)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        operation = request.headers.get("x-amz-target", "").partition(".")[2]
-        started = time.perf_counter()
-        try:
-            response = await self.dispatch(request, operation)
-        except DockyardError as error:
-            response = aws_json.error_response(error)
-        except Exception as exc:
-            log.exception("unexpected error in ECR operation %s", operation, exc_info=exc)
-            response = aws_json.error_response(Unavailable("internal error; the request was not completed"))
-        route = operation if operation in self.model.operation_names else "unknown"
-        LATENCY.labels("ecr", route).observe(time.perf_counter() - started)
-        REQUESTS.labels("ecr", route, request.method, str(response.status_code)).inc()
-        await response(scope, receive, send)
-
-    async def dispatch(self, request: Request, operation_name: str) -> Response:
-        body = await _read_body(request)
-        operation = aws_json.operation(self.model, operation_name)
-        verified = await run_in_threadpool(self._verify, request, body)
-        params = aws_json.validate(operation.input_shape, aws_json.parse_body(body))
-        handler = self.handlers.get(operation.name)
-        if handler is None:
-            raise aws_json.NotBuilt(f"{operation.name} is not supported by this version of Dockyard")
+    def make_call(self, verified: Verified, request: Request, params: dict[str, Any]) -> EcrCall:
         host = request.headers.get("host", "")
         region = self.repository_region(verified.region)
-        call = EcrCall(verified.principal, region, host, request.url.scheme, params, request_context(request))
-        result = await run_in_threadpool(self._run, operation.name, handler, call)
-        return aws_json.json_response(aws_json.serialize(operation.output_shape, result))
-
-    def _verify(self, request: Request, body: bytes) -> Any:
-        signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
-        return verify(signed, self.authenticator.secret_of, frozenset({self.SERVICE}), self.registry.clock())
+        return EcrCall(verified.principal, region, host, request.url.scheme, params, request_context(request))
 
     def repository_region(self, signed_region: str) -> str:
         """Private repositories live in the region the request was signed for."""
         return signed_region
 
-    def _run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
+    def run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
         action = f"{self.SERVICE}:{operation}"
         if "repositoryName" in call.params:
             self.authorizer.authorize(call.principal, action, call.ref(), call.context)
@@ -661,20 +620,6 @@ class EcrDoor:
             raise RepositoryNotFound(
                 f"The repository with name '{target.name}' does not exist in the registry with id '{target.account_id}'"
             ) from None
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
-async def _read_body(request: Request) -> bytes:
-    parts, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > MAX_BODY:
-            raise InvalidParameter(f"the request body exceeds {MAX_BODY} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _page(call: EcrCall) -> tuple[str | None, int]:

@@ -27,18 +27,20 @@ spooled to disk. The state object names the parts and the tail; it is rewritten 
 `close`, after the objects it names are stored, so `upload_size` and `read_upload` on any node see whole
 appends only, and a crash before that PUT leaves unnamed objects under `uploads/<id>/`, which commit and
 abort delete with the rest of the prefix. Part and tail names carry a random per-writer token, so a writer
-never overwrites an object that a state names. Before its PUT, `close` reads the state again and gives up
-(`BlobUploadUnknown`) if it changed or vanished since the append began: an upload aborted meanwhile is not
-brought back, and a concurrent writer (which the OCI protocol rules out) does not silently lose bytes.
-S3 offers no compare-and-swap everywhere (conditional PUT is unsupported by some S3 servers), so this check
-narrows the window rather than closing it; the metadata store remains the source of truth for sessions.
+never overwrites an object that a state names. Before its PUT, `close` compares the state's ETag (one HEAD)
+with the one its append began from and gives up (`BlobUploadUnknown`) if the state changed or vanished: an
+upload aborted meanwhile is not brought back, and a concurrent writer (which the OCI protocol rules out)
+does not silently lose bytes. Not every S3 server offers conditional PUT, so this check narrows the window
+rather than closing it; the metadata store remains the source of truth for upload sessions. `discard`
+deletes what the writer stored and leaves the upload as it was.
 
 Committing: no parts and no tail make an empty object; a single part or tail is one `copy_object`; more
 are one multipart upload on the final key, its UploadId recorded in the state before the part copies so
 that `abort_upload` (or a retried commit) can abort it if the committing node dies. Then every object under
-`uploads/<id>/` is deleted, the state last. S3 ETags are used only as the part handles S3 requires, never as
-digests: the caller verified the digest from the bytes. A multipart blob has at most 10,000 parts, about
-78 GiB. A bucket lifecycle rule that aborts incomplete multipart uploads after a day is a sensible backstop.
+`uploads/<id>/` is deleted, the state last. ETags serve only as S3's part handles and as the state's change
+marker, never as digests: the caller verified the digest from the bytes. A blob has at most 10,000 parts,
+so 48-78 GiB depending on chunk sizes. A bucket lifecycle rule that aborts incomplete multipart uploads
+after a day is a sensible backstop for commits that die.
 """
 
 from __future__ import annotations
@@ -124,15 +126,15 @@ def _piece(item: Any) -> tuple[str, int]:
 class S3UploadWriter:
     """Appends to one upload; see the module docstring for how parts, the tail and the state relate."""
 
-    def __init__(self, store: S3BlobStore, upload_id: str, state: _UploadState, raw_state: bytes) -> None:
+    def __init__(self, store: S3BlobStore, upload_id: str, state: _UploadState, version: str) -> None:
         self._store = store
         self._upload_id = upload_id
         self._base = state
-        self._raw_state = raw_state
+        self._version = version  # the state object's ETag when the append began
         self._token = secrets.token_hex(8)
         self._parts: list[tuple[str, int]] = []  # stored by this writer, not yet named by the state
         self._buffer = bytearray()
-        self._started = False  # the tail was read back into the buffer
+        self._started = False  # something was written (after the tail was read back into the buffer)
         self._closed = False
 
     def write(self, data: bytes) -> None:
@@ -141,9 +143,9 @@ class S3UploadWriter:
         if not data:
             return
         if not self._started:
-            self._started = True
             if self._base.tail is not None:
                 self._buffer += self._store._read_staged(self._upload_id, self._base.tail[0])
+            self._started = True
         view = memoryview(data)
         while view:
             room = PART_SIZE - len(self._buffer)
@@ -167,7 +169,7 @@ class S3UploadWriter:
                 tail = (f"tail.{self._token}", len(self._buffer))
                 self._store._put_staged(self._upload_id, tail[0], bytes(self._buffer))
                 self._buffer.clear()
-            if self._store._raw_state(self._upload_id) != self._raw_state:
+            if self._store._state_version(self._upload_id) != self._version:
                 raise BlobUploadUnknown(
                     "the upload was aborted or changed by another writer", detail={"upload": self._upload_id}
                 )
@@ -196,7 +198,9 @@ class S3UploadWriter:
             )
         size = min(len(self._buffer), PART_SIZE)
         name = f"parts/{number:05d}.{self._token}"
-        self._store._put_staged(self._upload_id, name, bytes(self._buffer[:size]))
+        with memoryview(self._buffer) as view:
+            body = bytes(view[:size])  # one copy: a bytearray slice would make two
+        self._store._put_staged(self._upload_id, name, body)
         self._parts.append((name, size))
         del self._buffer[:size]
 
@@ -290,12 +294,12 @@ class S3BlobStore:
         self._put_state(upload_id, _UploadState())
 
     def upload_size(self, upload_id: str) -> int | None:
-        raw = self._raw_state(upload_id)
-        return None if raw is None else _UploadState.load(raw).size
+        stored = self._fetch_state(upload_id)
+        return None if stored is None else _UploadState.load(stored[0]).size
 
     def append_upload(self, upload_id: str) -> S3UploadWriter:
-        state, raw = self._state(upload_id)
-        return S3UploadWriter(self, upload_id, state, raw)
+        state, version = self._state(upload_id)
+        return S3UploadWriter(self, upload_id, state, version)
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
         """The upload's bytes in order; the state is read before returning (unknown uploads raise at once)."""
@@ -322,10 +326,10 @@ class S3BlobStore:
         self._delete_upload(upload_id)
 
     def abort_upload(self, upload_id: str) -> None:
-        raw = self._raw_state(upload_id)
-        if raw is not None:
+        stored = self._fetch_state(upload_id)
+        if stored is not None:
             with contextlib.suppress(BlobUploadInvalid):
-                self._abort_commit(_UploadState.load(raw))
+                self._abort_commit(_UploadState.load(stored[0]))
         self._delete_upload(upload_id)
 
     # ------------------------------------------------------------------------------------ helpers
@@ -384,22 +388,30 @@ class S3BlobStore:
     def _delete_staged(self, upload_id: str, names: list[str]) -> None:
         self._delete_keys([self._staged_key(upload_id, name) for name in names])
 
-    def _raw_state(self, upload_id: str) -> bytes | None:
-        key = self._state_key(upload_id)
+    def _fetch_state(self, upload_id: str) -> tuple[bytes, str] | None:
+        """The state object's bytes and version (its ETag: a change marker here, not a digest), or None."""
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=self._state_key(upload_id))
         except ClientError as error:
             if _code(error) in _MISSING:
                 return None
             raise
-        with contextlib.closing(body):
-            return body.read()
+        with contextlib.closing(response["Body"]) as body:
+            return body.read(), response.get("ETag", "")
 
-    def _state(self, upload_id: str) -> tuple[_UploadState, bytes]:
-        raw = self._raw_state(upload_id)
-        if raw is None:
+    def _state(self, upload_id: str) -> tuple[_UploadState, str]:
+        stored = self._fetch_state(upload_id)
+        if stored is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
-        return _UploadState.load(raw), raw
+        return _UploadState.load(stored[0]), stored[1]
+
+    def _state_version(self, upload_id: str) -> str | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._state_key(upload_id)).get("ETag", "")
+        except ClientError as error:
+            if _code(error) in _MISSING:
+                return None
+            raise
 
     def _put_state(self, upload_id: str, state: _UploadState) -> None:
         self.client.put_object(

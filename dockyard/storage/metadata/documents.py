@@ -78,6 +78,19 @@ class DocumentRecords(StoreBase):
             account: str | None = connection.execute(query).scalar()
         return account
 
+    def list_registry_documents(
+        self, account_id: str | None, region: str | None, kind_prefix: str
+    ) -> list[tuple[str, str]]:
+        """(kind, text) of the registry documents whose kind starts with `kind_prefix` (None: any account/region)."""
+        table = registry_documents
+        query = select(table.c.kind, table.c.text).where(table.c.kind.startswith(kind_prefix, autoescape=True))
+        if account_id is not None:
+            query = query.where(table.c.account_id == account_id)
+        if region is not None:
+            query = query.where(table.c.region == region)
+        with self._read() as connection:
+            return [(row.kind, row.text) for row in connection.execute(query.order_by(table.c.kind))]
+
     def delete_registry_document(self, account_id: str, region: str, kind: str) -> bool:
         table = registry_documents
         with self._write() as connection:
