@@ -18,6 +18,7 @@ from dockyard.admin_cli import admin_app
 from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
 from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
+from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import Services, prepare, write_private_file
@@ -88,6 +89,11 @@ def serve(
     gc_interval: Annotated[float, typer.Option(help="Seconds between garbage collections.")] = 3_600.0,
     gc_grace: Annotated[float, typer.Option(help="Seconds during which new content is never collected.")] = 3_600.0,
     db_pool_size: Annotated[int, typer.Option(min=1, help="Metadata connections per worker process.")] = 10,
+    blob_store: Annotated[
+        str | None, typer.Option(help="s3://BUCKET[/PREFIX] to keep blobs in S3 (default: the data directory).")
+    ] = None,
+    s3_endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (any S3-compatible store).")] = None,
+    s3_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -107,9 +113,16 @@ def serve(
         gc_interval,
         gc_grace,
         db_pool_size=db_pool_size,
+        blob_store=blob_store,
+        s3_endpoint_url=s3_endpoint_url,
+        s3_region=s3_region,
     )
     services = prepare(settings)
-    credentials = _bootstrap_credentials(services, settings)
+    try:
+        credentials = _bootstrap_credentials(services, settings)
+    except (WrongMasterKey, ValueError) as error:
+        console.print(f"[red]Cannot start:[/] {error}")
+        raise typer.Exit(1) from None
     _announce(settings, credentials)
     os.environ[SETTINGS_ENV] = settings.to_environment()
     _run_server(settings)

@@ -30,6 +30,9 @@ class Settings:
     gc_grace: float = 3_600.0  # content younger than this is never collected (uploads in flight)
     background_jobs: bool = True
     db_pool_size: int = 10  # connections per worker process
+    blob_store: str | None = None  # s3://BUCKET[/PREFIX]; None: the data directory
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @property
     def database(self) -> str:

@@ -7,7 +7,10 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import boto3
+from botocore.config import Config as BotoConfig
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,6 +24,7 @@ from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.kms import KeyService
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.names import Digest
+from dockyard.domain.ports import BlobStore
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
 from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
@@ -36,6 +40,7 @@ from dockyard.jobs.scans import ScanWorker
 from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.storage.audit import JsonLinesAudit
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
+from dockyard.storage.blobs.s3 import S3BlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
 
@@ -47,7 +52,7 @@ class Services:
         self.settings = settings
         self.engine = make_engine(settings.database, pool_size=settings.db_pool_size)
         self.metadata = SqlMetadataStore(self.engine)
-        self.blobs = FilesystemBlobStore(settings.blob_root)
+        self.blobs = make_blob_store(settings)
         master_key = load_master_key(settings.data_dir)
         self.box = SecretBox(master_key)
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
@@ -72,6 +77,22 @@ class Services:
             Job("kms-key-rotation", timedelta(days=1), self.keys.rotate_due),
         ]
         return Scheduler(self.metadata, jobs)
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    """The data directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`) reached with the standard AWS credential chain."""
+    if settings.blob_store is None:
+        return FilesystemBlobStore(settings.blob_root)
+    location = urlsplit(settings.blob_store)
+    if location.scheme != "s3" or not location.netloc:
+        raise ValueError(f"--blob-store must be s3://BUCKET[/PREFIX], not {settings.blob_store!r}")
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+    )
+    return S3BlobStore(location.netloc, location.path.strip("/"), client)
 
 
 def prepare(settings: Settings) -> Services:

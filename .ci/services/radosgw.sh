@@ -7,11 +7,13 @@
 # Only the export lines go to stdout; progress and errors go to stderr, daemon output to logs in the temp
 # dir. PIDs and the temp dir are written to $DOCKYARD_RADOSGW_STATE (default /tmp/dockyard-radosgw.state).
 # Every wait is bounded and every `ceph` call carries --connect-timeout: a client that cannot reach the mon
-# otherwise hangs for minutes. Settings and pitfalls: /work/shared/SERVICES.md (e.g. `ms mon client mode = crc`).
+# otherwise hangs for minutes. Settings and pitfalls: shared/SERVICES.md beside the checkout (e.g. `ms mon client
+# mode = crc`); `tcp_nodelay=1` on beast cuts small GETs from ~45 ms (Nagle + delayed ACK) to ~4 ms.
 set -euo pipefail
 
 STATE_FILE=${DOCKYARD_RADOSGW_STATE:-/tmp/dockyard-radosgw.state}
 START_TIMEOUT=${DOCKYARD_RADOSGW_TIMEOUT:-120}  # seconds for the whole start, after installation
+MEMSTORE_BYTES=${DOCKYARD_RADOSGW_MEMSTORE_BYTES:-2147483648}  # the OSD keeps objects in RAM, up to this
 
 log() { printf 'radosgw.sh: %s\n' "$*" >&2; }
 die() {
@@ -73,7 +75,7 @@ wait_until() {
   local deadline=$((SECONDS + limit))
   [ "$deadline" -le "$OVERALL_DEADLINE" ] || deadline=$OVERALL_DEADLINE
   until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || die "timed out waiting for $what (logs in $DIR)"
+    [ "$SECONDS" -lt "$deadline" ] || die "timed out waiting for $what"
     sleep 0.25
   done
 }
@@ -91,6 +93,17 @@ write_state() {
   printf 'PIDS="%s"\nDIR="%s"\n' "${PIDS# }" "$DIR" >"$STATE_FILE"
 }
 
+# On a failed start: show the end of every log, then stop what was started and delete the temp dir.
+on_exit() {
+  [ "$1" -eq 0 ] && return
+  local file
+  for file in "$DIR"/*.out "$DIR"/log/*.log; do
+    [ -s "$file" ] && { log "--- last lines of $file"; tail -n 15 "$file" >&2; }
+  done
+  log "start failed; cleaning up"
+  stop
+}
+
 ceph_cli() { timeout 30 ceph -c "$DIR/ceph.conf" --connect-timeout 10 "$@"; }
 osd_up() { ceph_cli osd stat | grep -q ' 1 up'; }
 rgw_serving() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$RGW_PORT/"; }
@@ -104,7 +117,7 @@ start() {
   DIR=$(mktemp -d "${TMPDIR:-/tmp}/dockyard-radosgw.XXXXXX")
   PIDS=""
   write_state
-  trap 'log "start failed; cleaning up"; stop' ERR
+  trap 'on_exit $?' EXIT
   local started=$SECONDS
   local fsid osd_uuid mon_port access_key secret_key
   fsid=$(cat /proc/sys/kernel/random/uuid)
@@ -131,7 +144,7 @@ mon data = $DIR/mon/\$cluster-\$id
 osd data = $DIR/osd/\$cluster-\$id
 keyring = /dev/null
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = $MEMSTORE_BYTES
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8
@@ -145,24 +158,24 @@ osd crush chooseleaf type = 0
 [client]
 ms mon client mode = crc
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw dns name = localhost
 CONF
   local conf=(-c "$DIR/ceph.conf")
-  timeout 30 monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$DIR/monmap" >&2
-  timeout 60 ceph-mon "${conf[@]}" --mkfs -i a --monmap "$DIR/monmap" >&2
+  timeout 30 monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$DIR/monmap" >"$DIR/mkfs.out" 2>&1
+  timeout 60 ceph-mon "${conf[@]}" --mkfs -i a --monmap "$DIR/monmap" >>"$DIR/mkfs.out" 2>&1
   start_daemon mon ceph-mon "${conf[@]}" -i a -f
   wait_until 30 "the mon" ceph_cli mon stat
-  ceph_cli osd new "$osd_uuid" >&2
+  ceph_cli osd new "$osd_uuid" >>"$DIR/mkfs.out" 2>&1
   mkdir -p "$DIR/osd/ceph-0"
-  timeout 60 ceph-osd "${conf[@]}" -i 0 --mkfs --osd-uuid "$osd_uuid" >&2 2>"$DIR/osd-mkfs.out"
+  timeout 60 ceph-osd "${conf[@]}" -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$DIR/mkfs.out" 2>&1
   start_daemon osd ceph-osd "${conf[@]}" -i 0 -f
   wait_until 60 "the OSD to be up" osd_up
   start_daemon rgw radosgw "${conf[@]}" -n client.rgw -f
   wait_until 90 "radosgw to serve HTTP on port $RGW_PORT" rgw_serving
   timeout 60 radosgw-admin "${conf[@]}" user create --uid=dockyard --display-name=dockyard \
-    --access-key="$access_key" --secret-key="$secret_key" >/dev/null
-  trap - ERR
+    --access-key="$access_key" --secret-key="$secret_key" >>"$DIR/mkfs.out" 2>&1
+  trap - EXIT
   log "radosgw ready on 127.0.0.1:$RGW_PORT after $((SECONDS - started)) s (state: $STATE_FILE, dir: $DIR)"
   printf 'export DOCKYARD_TEST_S3_ENDPOINT=http://127.0.0.1:%s\n' "$RGW_PORT"
   printf 'export DOCKYARD_TEST_S3_ACCESS_KEY=%s\n' "$access_key"

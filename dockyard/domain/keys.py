@@ -8,11 +8,16 @@ from __future__ import annotations
 import base64
 import os
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MASTER_KEY_BYTES = 32
 _NONCE_BYTES = 12
 _VERSION = "v1"
+
+
+class WrongMasterKey(ValueError):
+    """The metadata was sealed with another master key."""
 
 
 class SecretBox:
@@ -31,4 +36,10 @@ class SecretBox:
         if version != _VERSION:
             raise ValueError(f"unknown sealed-secret version {version!r}")
         raw = base64.b64decode(payload)
-        return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _VERSION.encode()).decode()
+        try:
+            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _VERSION.encode()).decode()
+        except InvalidTag:
+            raise WrongMasterKey(
+                "a stored secret does not open with this master key: every node must use the same master key "
+                "(DOCKYARD_MASTER_KEY or <data-dir>/master.key) as the one that sealed the metadata"
+            ) from None

@@ -1,13 +1,15 @@
 """The BlobStore contract (dockyard.domain.ports.BlobStore), run against every implementation.
 
-To add a store, add one entry to BLOB_STORES: a name and a factory taking a fresh temporary directory.
+To add a store, add one entry to BLOB_STORES: a name and a factory taking a fresh temporary directory. The
+factory returns the store, or a context manager that gives the store and cleans up after the test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,17 @@ import pytest
 from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown
 from dockyard.domain.names import Digest
 from dockyard.domain.ports import BlobStore
+from dockyard.storage.blobs.encrypted import EncryptedBlobStore, MasterKeyProvider
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
+from tests.unit.storage.conftest import moto_s3_store, radosgw_s3_store
 
-BLOB_STORES: dict[str, Callable[[Path], BlobStore]] = {
+BLOB_STORES: dict[str, Callable[[Path], BlobStore | AbstractContextManager[BlobStore]]] = {
     "filesystem": lambda root: FilesystemBlobStore(root / "store"),
+    "encrypted-filesystem": lambda root: EncryptedBlobStore(
+        FilesystemBlobStore(root / "store"), MasterKeyProvider(bytes(range(32)))
+    ),
+    "s3-moto": moto_s3_store,  # moto's in-process S3 mock
+    "s3-radosgw": radosgw_s3_store,  # a real Ceph radosgw from DOCKYARD_TEST_S3_*: skipped without one, fails on CI
 }
 
 DATA = bytes(range(256)) * 9000  # 2.2 MiB: more than one read chunk
@@ -26,8 +35,13 @@ DIGEST = Digest.of(DATA)
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    return BLOB_STORES[request.param](tmp_path)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    made = BLOB_STORES[request.param](tmp_path)
+    if isinstance(made, AbstractContextManager):
+        with made as blob_store:
+            yield blob_store
+    else:
+        yield made
 
 
 def new_id() -> str:
