@@ -22,6 +22,9 @@ def main() -> None:
         interface=Interfaces.ASGI,
         workers=settings.workers,
         log_access=False,
+        # After SIGTERM, requests in flight get this long to finish, then the workers are killed: a stalled
+        # client cannot hold the shutdown open (its upload stays resumable from what reached the disk).
+        workers_kill_timeout=5,
     ).serve()
 
 

@@ -215,14 +215,19 @@ class Registry:
 
     def begin_append(self, ref: RepositoryRef, upload_id: str, start: int | None) -> BlobAppender:
         """Open the upload for one chunk; `start` is the chunk's first byte when the client said it."""
+        self.upload_size(ref, upload_id)  # the session is this repository's and its bytes exist
+        # One appender per upload at a time: the store's writer is exclusive and the size is read while it is
+        # held, so two requests claiming the same Content-Range cannot both pass the check.
+        writer = self.blobs.append_upload(upload_id)
         size = self.upload_size(ref, upload_id)
         if start is not None and start != size:
+            writer.close()
             raise RangeInvalid(
                 f"chunk starts at byte {start} but {size} bytes have been received",
                 detail={"received": size},
             )
         hasher = self.hashes.take(upload_id, size) or self._rehash(upload_id, "sha256")
-        return BlobAppender(upload_id, self.blobs.append_upload(upload_id), hasher, size, self.hashes)
+        return BlobAppender(upload_id, writer, hasher, size, self.hashes)
 
     def complete_upload(self, ref: RepositoryRef, upload_id: str, digest: Digest) -> int:
         session = self._session(ref, upload_id)

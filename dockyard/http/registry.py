@@ -178,28 +178,34 @@ class RegistryDoor:
         if path == "/token":
             trace.route = "token"
             return await self.token_endpoint(request)
-        caller = registry_caller(request, self.authenticator, self.login_tokens, self.bearer, self.registry.clock())
-        principal = caller.principal
+
+        def authenticate() -> Caller:  # only once the route is named: a refused request counts under it
+            return registry_caller(request, self.authenticator, self.login_tokens, self.bearer, self.registry.clock())
+
         if path in ("/v2", "/v2/"):
             trace.route = "base"
-            return self.base(caller)
+            return self.base(authenticate())
         if path == "/v2/_catalog":
             trace.route = "catalog"
             trace.scope = "registry:catalog:*"
-            return self.catalog(request, caller)
+            return self.catalog(request, authenticate())
         for pattern, handlers in self.routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
             handler = handlers.get(request.method)
             if handler is None:
+                authenticate()
                 return Response(status_code=405, headers={"Allow": ", ".join(handlers)})
             trace.route = handler.__name__
+            caller = authenticate()
+            principal = caller.principal
             params = match.groupdict()
             path_name = params.pop("name")
             ref = self.repository_ref(request, caller, path_name)
             trace.scope = f"repository:{path_name}:{'pull' if request.method in ('GET', 'HEAD') else 'pull,push'}"
             return await handler(Call(request, principal, ref, params, caller, path_name))
+        authenticate()
         raise NameUnknown(f"no registry route for {path!r}")
 
     def repository_ref(self, request: Request, caller: Caller, name: str) -> RepositoryRef:

@@ -1,4 +1,4 @@
-"""Crashes and shutdowns of a real `dockyard serve` in the middle of uploads, then restarts on the same data."""
+"""Crashes and shutdowns of a real `dockyard serve` in the middle of uploads, then restarts on its data."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.support.uploads import (
 CHUNK = 4 * MiB
 IDLE_SHUTDOWN_SECONDS = 5.0
 STALLED_SHUTDOWN_SECONDS = 10.0
+Restart = Callable[[], ServerProcess]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -62,7 +63,7 @@ def finish_and_verify(http: httpx.Client, location: str, data: bytes, digest: st
 
 
 def test_sigkill_mid_upload_keeps_the_received_bytes_and_the_push_resumes(
-    server: ServerProcess, restart: Callable[[], ServerProcess]
+    server: ServerProcess, restart: Restart
 ) -> None:
     data, digest = blob_of(64 * MiB, fresh_seed())
     acknowledged = 16 * MiB
@@ -71,7 +72,7 @@ def test_sigkill_mid_upload_keeps_the_received_bytes_and_the_push_resumes(
         location = upload_chunks(http, location, data[:acknowledged], 0, CHUNK)
 
     # The rest of the blob as one PATCH whose body stops after 10 MiB: in flight when the server dies.
-    in_flight = StalledPatch(server.url + location, server.auth_header, data, acknowledged, send_first=10 * MiB)
+    in_flight = StalledPatch(server.url + location, server.auth_header, data, acknowledged, 10 * MiB)
     in_flight.start()
     try:
         assert in_flight.sent.wait(timeout=30), "the stalled PATCH did not get its first bytes out"
@@ -137,7 +138,7 @@ def test_sigterm_stops_an_idle_server_promptly_and_cleanly(server: ServerProcess
         httpx.get(f"{server.url}/healthz", timeout=2)
 
 
-def test_sigterm_keeps_an_open_upload_resumable(server: ServerProcess, restart: Callable[[], ServerProcess]) -> None:
+def test_sigterm_keeps_an_open_upload_resumable(server: ServerProcess, restart: Restart) -> None:
     data, digest = blob_of(12 * MiB, fresh_seed())
     with server.client() as http:
         location = start_upload(http, "team/paused")
@@ -158,7 +159,7 @@ def test_sigterm_keeps_an_open_upload_resumable(server: ServerProcess, restart: 
 
 
 def test_sigterm_with_a_stalled_upload_still_stops_within_a_grace_period(
-    server: ServerProcess, restart: Callable[[], ServerProcess]
+    server: ServerProcess, restart: Restart
 ) -> None:
     """A client that stops sending mid-PATCH must not keep the server from shutting down indefinitely."""
     data, digest = blob_of(16 * MiB, fresh_seed())
@@ -171,7 +172,10 @@ def test_sigterm_with_a_stalled_upload_still_stops_within_a_grace_period(
         assert in_flight.sent.wait(timeout=30)
         with server.client() as http:
             # Let part of the body reach the disk first, so there is something to resume from.
-            wait_until(lambda: received(http.get(location)) > CHUNK // 2, 20, "the server to store part of the PATCH")
+            def part_stored() -> bool:
+                return received(http.get(location)) > CHUNK // 2
+
+            wait_until(part_stored, 20, "the server to store part of the PATCH")
         server.process.send_signal(signal.SIGTERM)
         try:
             exit_code: int | None = server.process.wait(timeout=STALLED_SHUTDOWN_SECONDS)
@@ -182,7 +186,7 @@ def test_sigterm_with_a_stalled_upload_still_stops_within_a_grace_period(
             server.kill()
         in_flight.finish()
     assert exit_code is not None, (
-        f"SIGTERM: the server was still running {STALLED_SHUTDOWN_SECONDS}s later, waiting for a stalled upload"
+        f"the server still ran {STALLED_SHUTDOWN_SECONDS}s after SIGTERM, waiting for a stalled upload"
     )
 
     restarted = restart()

@@ -92,7 +92,10 @@ def test_artifacts_with_a_subject_are_listed_by_the_referrers_api(
     # An SBOM through oras-py's push: no artifactType of its own, so its config media type stands in.
     sbom_content = json.dumps({"spdxVersion": "SPDX-2.3", "name": "app"}).encode()
     sbom = write(files / "sbom.spdx.json", sbom_content)
-    sbom_annotations = {"org.example.kind": "sbom", "org.opencontainers.image.created": "2024-01-01T00:00:00Z"}
+    sbom_annotations = {
+        "org.example.kind": "sbom",
+        "org.opencontainers.image.created": "2024-01-01T00:00:00Z",
+    }
     response = oras_client.push(
         f"{server.host}/team/app:sbom",
         files=[f"{sbom}:application/spdx+json"],
@@ -144,9 +147,17 @@ def test_artifacts_with_a_subject_are_listed_by_the_referrers_api(
     assert referrers(server, "team/app", "sha256:" + "1" * 64).json()["manifests"] == []
 
     out = tmp_path / "out"
-    pulled = oras_client.pull(f"{server.host}/team/app:v1", outdir=str(out / "app"), config_path=docker_config)
+    pulled = oras_client.pull(
+        f"{server.host}/team/app:v1",
+        outdir=str(out / "app"),
+        config_path=docker_config,
+    )
     assert [Path(path).read_bytes() for path in pulled] == [app_content]
-    pulled = oras_client.pull(f"{server.host}/team/app:sbom", outdir=str(out / "sbom"), config_path=docker_config)
+    pulled = oras_client.pull(
+        f"{server.host}/team/app:sbom",
+        outdir=str(out / "sbom"),
+        config_path=docker_config,
+    )
     assert [Path(path).name for path in pulled] == ["sbom.spdx.json"]
     assert Path(pulled[0]).read_bytes() == sbom_content
     pulled = oras_client.pull(

@@ -35,7 +35,8 @@ def test_podman_pulls_the_pushed_image(
     skopeo.push(server, f"oci:{source}:v1", "team/podman:v1")
     image = f"{server.host}/team/podman:v1"
 
-    pulled = run([*podman, "pull", "--quiet", "--tls-verify=false", "--creds", server.creds, f"docker://{image}"])
+    pull = [*podman, "pull", "--quiet", "--tls-verify=false"]
+    pulled = run([*pull, "--creds", server.creds, f"docker://{image}"])
     assert pulled.returncode == 0, describe(pulled)
     manifest = json.loads((source / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
     config_digest = manifest["config"]["digest"]
@@ -49,8 +50,6 @@ def test_podman_pulls_the_pushed_image(
     assert details["Architecture"] == "amd64"
     assert len(details["RootFS"]["Layers"]) == 2
 
-    refused = run(
-        [*podman, "pull", "--quiet", "--tls-verify=false", "--creds", f"{ACCESS_KEY_ID}:wrong", f"docker://{image}"]
-    )
+    refused = run([*pull, "--creds", f"{ACCESS_KEY_ID}:wrong", f"docker://{image}"])
     assert refused.returncode != 0, describe(refused)
     assert "unauthorized" in refused.stderr.lower(), describe(refused)

@@ -43,7 +43,11 @@ def layer_digests(layout: Path, manifest_digest: str) -> list[str]:
     return [layer["digest"] for layer in layers]
 
 
-def test_push_then_pull_round_trips_digests_and_bytes(server: ServerProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+def test_push_then_pull_round_trips_digests_and_bytes(
+    server: ServerProcess,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "source"
     digest = single_image_layout(source, tag="v1", layers=3, seed=fresh_seed())
 
@@ -62,7 +66,11 @@ def test_push_then_pull_round_trips_digests_and_bytes(server: ServerProcess, sko
     assert response.content == blob_bytes(source, digest)
 
 
-def test_pulled_layout_unpacks_to_the_layer_files(server: ServerProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+def test_pulled_layout_unpacks_to_the_layer_files(
+    server: ServerProcess,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
     """umoci unpacks what skopeo pulled: the layers hold the files they were built from."""
     umoci = require_tool("umoci")
     source = tmp_path / "source"
@@ -81,7 +89,11 @@ def test_pulled_layout_unpacks_to_the_layer_files(server: ServerProcess, skopeo:
     assert (bundle / "rootfs" / "data" / f"file-{seed}-1.bin").stat().st_size == 64 * 1024
 
 
-def test_second_push_of_the_same_image_uploads_no_blob(server: ServerProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+def test_second_push_of_the_same_image_uploads_no_blob(
+    server: ServerProcess,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "source"
     digest = single_image_layout(source, tag="v1", layers=3, seed=fresh_seed())
     first = request_counts(server)
@@ -91,7 +103,8 @@ def test_second_push_of_the_same_image_uploads_no_blob(server: ServerProcess, sk
     third = request_counts(server)
 
     first_push = requests_between(first, second)
-    assert uploads(first_push) == {"start_upload": 4, "upload_chunk": 4, "finish_upload": 4, "mount": 0}, first_push
+    each_blob_once = {"start_upload": 4, "upload_chunk": 4, "finish_upload": 4, "mount": 0}
+    assert uploads(first_push) == each_blob_once, first_push
     second_push = requests_between(second, third)
     assert uploads(second_push) == NO_UPLOADS, second_push
     assert count(second_push, "get_blob", "200") >= 4, "skopeo should have found each blob with HEAD"
@@ -103,7 +116,11 @@ def test_second_push_of_the_same_image_uploads_no_blob(server: ServerProcess, sk
         assert http.get("/v2/team/app/tags/list").json() == {"name": "team/app", "tags": ["v1", "v2"]}
 
 
-def test_copy_to_another_repository_mounts_the_layers(server: ServerProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+def test_copy_to_another_repository_mounts_the_layers(
+    server: ServerProcess,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "source"
     digest = single_image_layout(source, tag="v1", layers=3, seed=fresh_seed())
     layers = layer_digests(source, digest)

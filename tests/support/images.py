@@ -94,9 +94,7 @@ def random_layers(count: int, size: int, seed: int) -> list[bytes]:
     return layers
 
 
-def single_image_layout(
-    root: Path, tag: str = "latest", layers: int = 3, size: int = 256 * 1024, seed: int = 1
-) -> str:
+def single_image_layout(root: Path, tag: str = "latest", layers: int = 3, size: int = 256 * 1024, seed: int = 1) -> str:
     """An OCI layout with one multi-layer image under `tag`; returns the manifest digest."""
     layout = Layout(root)
     descriptor = layout.add_image(random_layers(layers, size, seed), label=str(seed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -59,8 +60,19 @@ class ServerProcess:
         env.update({"DOCKYARD_ROOT_ACCESS_KEY_ID": ACCESS_KEY_ID, "DOCKYARD_ROOT_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY})
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         command = [
-            sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--default-account", ACCOUNT_ID, *self.extra_args,
+            sys.executable,
+            "-m",
+            "dockyard",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--default-account",
+            ACCOUNT_ID,
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -72,7 +84,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"dockyard serve exited early:\n{self.log()}")
+                raise RuntimeError(f"dockyard serve exited early (code {self.process.returncode}):\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
@@ -105,7 +117,5 @@ def _kill_tree(pid: int, sig: signal.Signals) -> None:
     child_pids = children.read_text().split() if children.exists() else []
     for child in child_pids:
         _kill_tree(int(child), sig)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

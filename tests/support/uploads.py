@@ -38,9 +38,13 @@ def patch_chunk(http: httpx.Client, location: str, data: bytes, start: int) -> h
     response = http.patch(
         location,
         content=data,
-        headers={"Content-Range": f"{start}-{start + len(data) - 1}", "Content-Type": "application/octet-stream"},
+        headers={
+            "Content-Range": f"{start}-{start + len(data) - 1}",
+            "Content-Type": "application/octet-stream",
+        },
     )
-    assert response.status_code == 202, f"PATCH {start}-{start + len(data) - 1}: {response.status_code} {response.text}"
+    chunk = f"{start}-{start + len(data) - 1}"
+    assert response.status_code == 202, f"PATCH {chunk}: {response.status_code} {response.text}"
     assert received(response) == start + len(data)
     return response
 

@@ -336,10 +336,10 @@ class EncryptedBlobStore:
         self._remember(upload_id, _UploadState(0, 0))  # the first append writes the header
 
     def upload_size(self, upload_id: str) -> int | None:
-        if self.inner.upload_size(upload_id) is None:
-            self._forget(upload_id)
+        try:
+            return self._upload_state(upload_id).plain_size
+        except BlobUploadUnknown:
             return None
-        return self._upload_state(upload_id).plain_size
 
     def append_upload(self, upload_id: str) -> UploadWriter:
         state = self._upload_state(upload_id)
@@ -598,6 +598,7 @@ class _EncryptingUploadWriter:
         self._pending = bytearray()
         if header:
             self._put(header)
+            self._remember()  # so a size asked for while this writer is open needs no re-scan
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -619,9 +620,7 @@ class _EncryptingUploadWriter:
             self._seal(self._pending)
             self._pending.clear()
         self._inner.close()
-        self._store._remember(
-            self._upload_id, _UploadState(self._inner_size, self._offset, self._aead, self._header_tag)
-        )
+        self._remember()
 
     def discard(self) -> None:
         self._pending.clear()
@@ -641,6 +640,10 @@ class _EncryptingUploadWriter:
     def _put(self, data: bytes) -> None:
         self._inner.write(data)
         self._inner_size += len(data)
+
+    def _remember(self) -> None:
+        state = _UploadState(self._inner_size, self._offset, self._aead, self._header_tag)
+        self._store._remember(self._upload_id, state)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -686,7 +689,7 @@ def _close(chunks: Iterator[bytes]) -> None:
 def _pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
     """Pieces of exactly `size` bytes (the last one may be shorter) from chunks of any sizes.
 
-    A piece may be a view into a chunk: use it before asking for the next one.
+    A piece is either a copy or a view into an (immutable) chunk, so it stays valid after the next is taken.
     """
     pending = bytearray()
     for chunk in chunks:

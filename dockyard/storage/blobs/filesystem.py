@@ -14,6 +14,7 @@ blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError
+from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError, RangeInvalid
 from dockyard.domain.names import Digest
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -110,7 +111,15 @@ class FilesystemBlobStore:
         path = self._upload_path(upload_id)
         if not path.exists():
             raise BlobUploadUnknown(detail={"upload": upload_id})
-        return FileUploadWriter(path.open("ab", buffering=0))
+        file = path.open("ab", buffering=0)
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the writer closes
+        except BlockingIOError:
+            file.close()
+            raise RangeInvalid(
+                "another request is appending to this upload", detail={"received": path.stat().st_size}
+            ) from None
+        return FileUploadWriter(file)
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
         try:
