@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from dockyard.config import Settings
-from dockyard.domain.iam import bootstrap_root_credentials
 from dockyard.domain.clock import utc_now
+from dockyard.domain.iam import bootstrap_root_credentials
 from dockyard.server import Dockyard, Services, prepare
 from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
 
