@@ -94,6 +94,7 @@ def serve(
     ] = None,
     s3_endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (any S3-compatible store).")] = None,
     s3_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
+    s3_redirect: Annotated[bool, typer.Option(help="Redirect blob GETs to presigned S3 URLs.")] = False,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -116,6 +117,7 @@ def serve(
         blob_store=blob_store,
         s3_endpoint_url=s3_endpoint_url,
         s3_region=s3_region,
+        s3_redirect=s3_redirect,
     )
     services = prepare(settings)
     try:

@@ -33,6 +33,7 @@ class Settings:
     blob_store: str | None = None  # s3://BUCKET[/PREFIX]; None: the data directory
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
 
     @property
     def database(self) -> str:

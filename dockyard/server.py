@@ -92,7 +92,8 @@ def make_blob_store(settings: Settings) -> BlobStore:
         region_name=settings.s3_region,
         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
     )
-    return S3BlobStore(location.netloc, location.path.strip("/"), client)
+    redirect_seconds = 900 if settings.s3_redirect else 0
+    return S3BlobStore(location.netloc, location.path.strip("/"), client, redirect_seconds)
 
 
 def prepare(settings: Settings) -> Services:

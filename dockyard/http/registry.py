@@ -319,6 +319,9 @@ class RegistryDoor:
             length = size if byte_range is None else byte_range[1] - byte_range[0] + 1
             return _head_response(200 if byte_range is None else 206, length, headers, byte_range, size)
         if byte_range is None:
+            redirect = self.registry.blobs.redirect_url(digest)
+            if redirect is not None:
+                return Response(status_code=307, headers={"Location": redirect, **headers, "Content-Length": "0"})
             return BlobResponse(self.registry, digest, 0, size, headers, 200)
         start, end = byte_range
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"

@@ -316,6 +316,9 @@ class EncryptedBlobStore:
     def local_path(self, digest: Digest) -> str | None:
         return None
 
+    def redirect_url(self, digest: Digest) -> str | None:
+        return None  # the client would get ciphertext
+
     def put_blob(self, digest: Digest, data: bytes) -> None:
         header, cipher = _new_blob(self.keys, digest, self.segment_size, len(data))
         view = memoryview(data)

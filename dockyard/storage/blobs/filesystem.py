@@ -78,6 +78,9 @@ class FilesystemBlobStore:
     def local_path(self, digest: Digest) -> str | None:
         return str(self._blob_path(digest))
 
+    def redirect_url(self, digest: Digest) -> str | None:
+        return None
+
     def put_blob(self, digest: Digest, data: bytes) -> None:
         target = self._blob_path(digest)
         if target.exists():

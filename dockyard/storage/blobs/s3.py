@@ -215,7 +215,8 @@ class S3UploadWriter:
 class S3BlobStore:
     """BlobStore over an S3 bucket (AWS S3, Ceph radosgw, ...) through a caller-made boto3 client."""
 
-    def __init__(self, bucket: str, prefix: str, client: S3Client) -> None:
+    def __init__(self, bucket: str, prefix: str, client: S3Client, redirect_seconds: int = 0) -> None:
+        self.redirect_seconds = redirect_seconds
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
@@ -267,6 +268,17 @@ class S3BlobStore:
 
     def local_path(self, digest: Digest) -> str | None:
         return None
+
+    def redirect_url(self, digest: Digest) -> str | None:
+        """A presigned GET when redirects are on (`--s3-redirect`), as ECR redirects layer pulls to S3."""
+        if not self.redirect_seconds:
+            return None
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._blob_key(digest)},
+            ExpiresIn=self.redirect_seconds,
+        )
+        return url
 
     def put_blob(self, digest: Digest, data: bytes) -> None:
         # Unconditional: the key names the content, and a rewrite restarts the collector's grace period.
