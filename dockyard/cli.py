@@ -95,6 +95,9 @@ def serve(
     s3_endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (any S3-compatible store).")] = None,
     s3_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
     s3_redirect: Annotated[bool, typer.Option(help="Redirect blob GETs to presigned S3 URLs.")] = False,
+    encrypt_at_rest: Annotated[
+        bool, typer.Option(help="Envelope-encrypt blobs and manifests (AES-256-GCM) under the master key.")
+    ] = False,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -118,6 +121,7 @@ def serve(
         s3_endpoint_url=s3_endpoint_url,
         s3_region=s3_region,
         s3_redirect=s3_redirect,
+        encrypt_at_rest=encrypt_at_rest,
     )
     services = prepare(settings)
     try:

@@ -34,6 +34,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
+    encrypt_at_rest: bool = False  # envelope-encrypt every blob (AES-256-GCM) under the master key
 
     @property
     def database(self) -> str:

@@ -39,6 +39,7 @@ from dockyard.http.registry import RegistryDoor
 from dockyard.jobs.scans import ScanWorker
 from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.storage.audit import JsonLinesAudit
+from dockyard.storage.blobs.encrypted import EncryptedBlobStore, MasterKeyProvider
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.blobs.s3 import S3BlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
@@ -52,8 +53,8 @@ class Services:
         self.settings = settings
         self.engine = make_engine(settings.database, pool_size=settings.db_pool_size)
         self.metadata = SqlMetadataStore(self.engine)
-        self.blobs = make_blob_store(settings)
         master_key = load_master_key(settings.data_dir)
+        self.blobs = make_blob_store(settings, master_key)
         self.box = SecretBox(master_key)
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry_tokens = RegistryTokens(TokenSigner(derive_key(master_key, "registry-bearer-token")))
@@ -79,8 +80,16 @@ class Services:
         return Scheduler(self.metadata, jobs)
 
 
-def make_blob_store(settings: Settings) -> BlobStore:
-    """The data directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`) reached with the standard AWS credential chain."""
+def make_blob_store(settings: Settings, master_key: bytes) -> BlobStore:
+    """Where blobs live, encrypted when asked: the data directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`)."""
+    store = _raw_blob_store(settings)
+    if settings.encrypt_at_rest:
+        return EncryptedBlobStore(store, MasterKeyProvider(master_key))
+    return store
+
+
+def _raw_blob_store(settings: Settings) -> BlobStore:
+    """The data directory, or an S3 bucket reached with the standard AWS credential chain."""
     if settings.blob_store is None:
         return FilesystemBlobStore(settings.blob_root)
     location = urlsplit(settings.blob_store)

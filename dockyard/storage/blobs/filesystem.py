@@ -35,7 +35,11 @@ class FileUploadWriter:
         self._file = file
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        # An unbuffered file may take fewer bytes than offered; keep going until all are written.
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written or 0 :]
 
     def close(self) -> None:
         self._file.close()

@@ -653,3 +653,25 @@ def test_stored_blobs_and_delete_pass_through(store: EncryptedBlobStore) -> None
     assert [digest for digest, _ in listed] == [DIGEST]
     store.delete_blob(DIGEST)
     assert store.blob_size(DIGEST) is None
+
+
+def test_sizes_asked_by_the_writing_process_read_no_upload_bytes(
+    store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry asks an upload's size before and while it appends: that must not re-read the upload."""
+    upload_id = new_id()
+    store.start_upload(upload_id)
+
+    def no_reading(upload_id: str) -> Iterator[bytes]:
+        raise AssertionError("the upload was read to learn its size")
+
+    monkeypatch.setattr(store.inner, "read_upload", no_reading)
+    for part in (DATA[:10], DATA[10:9000], DATA[9000:]):
+        before = store.upload_size(upload_id)
+        assert before is not None
+        writer = store.append_upload(upload_id)  # the first one writes the header
+        assert store.upload_size(upload_id) == before
+        writer.write(part)
+        writer.close()
+        assert store.upload_size(upload_id) == before + len(part)
+    assert store.upload_size(upload_id) == len(DATA)
