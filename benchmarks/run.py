@@ -366,7 +366,7 @@ def bench_registry(name: str, args: argparse.Namespace, workroot: Path, blob: Pa
     log(f"[{TITLES[name]}] starting")
     bench: Bench | None = None
     try:
-        with servers.running(name, workdir, creds) as server:
+        with servers.running(name, workdir, creds, args.dockyard_workers) as server:
             target = transfer.Target(server.base_url, creds.authorization, "bench/blobs")
             bench = Bench(server, target, blob, digest, args.duration, args.repeat)
             log(f"[{TITLES[name]}] ready on {server.base_url} (pid {server.pid})")
@@ -463,6 +463,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=REGISTRIES, help="benchmark only this registry")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement, median kept (default 1)")
     parser.add_argument("--skip-4g", action="store_true", help="skip the 4 GiB streamed push")
+    parser.add_argument(
+        "--dockyard-workers", type=int, default=1, help="Dockyard worker processes (Distribution uses every core)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.duration <= 0 or args.repeat < 1:

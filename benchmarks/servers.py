@@ -139,12 +139,12 @@ def start_distribution(workdir: Path) -> Server:
     return _spawn("distribution", [DISTRIBUTION_BIN, "serve", str(config)], workdir, port, dict(os.environ))
 
 
-def start_dockyard(workdir: Path, creds: Credentials) -> Server:
+def start_dockyard(workdir: Path, creds: Credentials, workers: int = 1) -> Server:
     port = free_port()
     data_dir = workdir / "data"
     data_dir.mkdir()
     listen = ["--host", "127.0.0.1", "--port", str(port)]
-    cmd = [*_dockyard_command(), "serve", *listen, "--data-dir", str(data_dir)]
+    cmd = [*_dockyard_command(), "serve", *listen, "--data-dir", str(data_dir), "--workers", str(workers)]
     env = dict(os.environ)
     env["DOCKYARD_ROOT_ACCESS_KEY_ID"] = creds.key_id
     env["DOCKYARD_ROOT_SECRET_ACCESS_KEY"] = creds.secret
@@ -181,10 +181,10 @@ def is_answering(server: Server, authorization: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(name: str, workdir: Path, creds: Credentials) -> Iterator[Server]:
+def running(name: str, workdir: Path, creds: Credentials, workers: int = 1) -> Iterator[Server]:
     """Start the named registry, wait for it, and stop it on exit whatever happened."""
     workdir.mkdir(parents=True, exist_ok=True)
-    server = start_dockyard(workdir, creds) if name == "dockyard" else start_distribution(workdir)
+    server = start_dockyard(workdir, creds, workers) if name == "dockyard" else start_distribution(workdir)
     try:
         wait_ready(server, creds.authorization)
         yield server
