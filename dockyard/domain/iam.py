@@ -122,12 +122,22 @@ class LoginTokens:
         # A token lives 12 hours; whether its access key still exists is re-checked every few seconds.
         self._credentials_cache: TtlCache[Credential | None] = TtlCache(cache_seconds)
 
-    def issue(self, principal: Principal, registry_account: str, now: datetime) -> LoginToken:
+    def issue(
+        self, principal: Principal, registry_account: str, now: datetime, region: str | None = None
+    ) -> LoginToken:
+        """A token for the registry of `registry_account` in `region` (the region the request was signed for)."""
         if principal.access_key_id is None:
             raise Unauthorized("only a principal with an access key can get an authorization token")
         expires_at = now + LOGIN_TOKEN_LIFETIME
-        password = self._signer.issue({"k": principal.access_key_id, "r": registry_account}, expires_at)
+        claims = {"k": principal.access_key_id, "r": registry_account, "g": region}
+        password = self._signer.issue(claims, expires_at)
         return LoginToken(password, expires_at, registry_account)
+
+    def region_of(self, password: str, now: datetime) -> str | None:
+        """The region a verified token names, if any."""
+        claims = self._signer.verify(password, now)
+        region = claims.get("g") if claims else None
+        return str(region) if region else None
 
     def verify(self, password: str, now: datetime) -> tuple[Principal, str]:
         """The principal a token was issued to and the registry account it is for."""

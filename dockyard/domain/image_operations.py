@@ -19,6 +19,7 @@ from dockyard.domain.errors import (
     InvalidLayerPart,
     InvalidParameter,
     LayerAlreadyExists,
+    LayerInaccessible,
     LayersNotFound,
     ManifestReferenced,
 )
@@ -222,6 +223,7 @@ class ImageOperations:
 
     def upload_part(self, ref: RepositoryRef, upload_id: str, first: int, last: int, data: bytes) -> int:
         """Append one part; parts must be consecutive. Returns the last byte received."""
+        self.registry.repository(ref)  # an unknown repository is RepositoryNotFound, not UploadNotFound
         if last - first + 1 != len(data):
             raise InvalidLayerPart(
                 f"part {first}-{last} is {last - first + 1} bytes but {len(data)} were sent",
@@ -262,8 +264,11 @@ class ImageOperations:
 
     def download_check(self, ref: RepositoryRef, digest_text: str) -> Digest:
         digest = _parse_layer_digest([digest_text])
-        if self.metadata.linked_blob_size(self.registry.repository(ref).id, digest) is None:
+        repository = self.registry.repository(ref)
+        if self.metadata.linked_blob_size(repository.id, digest) is None:
             raise LayersNotFound(f"The layer '{digest}' does not exist in the repository '{ref.name}'")
+        if not self.metadata.blob_referenced(repository.id, digest):
+            raise LayerInaccessible(f"The layer '{digest}' is not referenced by an image in '{ref.name}'")
         return digest
 
 

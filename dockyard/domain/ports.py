@@ -277,6 +277,10 @@ class ManifestStore(Protocol):
         """Delete the manifest and every tag on it."""
         ...
 
+    def blob_referenced(self, repository_id: int, digest: Digest) -> bool:
+        """Whether a manifest of the repository lists `digest` as its config or one of its layers."""
+        ...
+
     def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
         """The manifests of the repository that list `digest` as a child."""
         ...

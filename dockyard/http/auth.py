@@ -12,6 +12,7 @@ from starlette.requests import Request
 from dockyard.domain.errors import Unauthorized
 from dockyard.domain.iam import Authenticator, LoginTokens, Principal
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens
+from dockyard.http.sigv4 import SignedRequest, verify
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -40,6 +41,7 @@ class Caller:
     principal: Principal | None
     registry_account: str | None = None
     grant: BearerGrant | None = None
+    registry_region: str | None = None  # an ECR token is for the region it was requested in
 
 
 def registry_caller(
@@ -51,6 +53,9 @@ def registry_caller(
 ) -> Caller:
     """HTTP Basic (user `AWS` with a GetAuthorizationToken password, or an access key id and secret), or a
     Bearer token from the token endpoint when that flow is enabled."""
+    if "X-Amz-Signature" in request.query_params:  # a GetDownloadUrlForLayer URL
+        signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), b"")
+        return Caller(verify(signed, authenticator.secret_of, frozenset({"ecr"}), now).principal)
     authorization = request.headers.get("authorization")
     if bearer is not None and authorization and authorization[:7].lower() == "bearer ":
         grant = bearer.verify(authorization[7:].strip(), now, authenticator.principal_for_key)
@@ -63,7 +68,7 @@ def registry_caller(
         return Caller(None)  # skopeo --no-creds and others send an empty Basic pair for anonymous access
     if user == "AWS":
         principal, registry_account = tokens.verify(password, now)
-        return Caller(principal, registry_account)
+        return Caller(principal, registry_account, registry_region=tokens.region_of(password, now))
     return Caller(authenticator.from_access_key(user, password))
 
 

@@ -36,7 +36,7 @@ from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
 from dockyard.http.auth import request_context
 from dockyard.http.aws_door import AwsJsonDoor
-from dockyard.http.sigv4 import Verified
+from dockyard.http.sigv4 import Verified, presign_get
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
 DEFAULT_PAGE: Final = 100
@@ -244,7 +244,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         now = self.registry.clock()
         data = []
         for account in registries:
-            token = self.login_tokens.issue(call.principal, account, now)
+            token = self.login_tokens.issue(call.principal, account, now, call.region)
             data.append(
                 {
                     "authorizationToken": base64.b64encode(f"AWS:{token.password}".encode()).decode(),
@@ -600,6 +600,9 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         ref = call.ref()
         digest = self._guard_repository(call, lambda: self.images.download_check(ref, call.params["layerDigest"]))
         url = f"{call.scheme}://{call.host}/v2/{ref.name}/blobs/{digest}"
+        found = self.authenticator.secret_of(call.principal.access_key_id or "")
+        if found is not None:  # signed with the caller's key: the URL carries the caller's permission, for 1 h
+            url = presign_get(url, found[0].access_key_id or "", found[1], "ecr", call.region)
         return {"downloadUrl": url, "layerDigest": str(digest)}
 
     # ------------------------------------------------------------------------------------------ helpers

@@ -223,7 +223,7 @@ class RegistryDoor:
         if from_host is not None:
             return RepositoryRef(from_host[0], from_host[1], name)
         if caller.registry_account is not None:
-            return RepositoryRef(caller.registry_account, self.default_region, name)
+            return RepositoryRef(caller.registry_account, caller.registry_region or self.default_region, name)
         account = caller.principal.account_id if caller.principal else self.default_account
         return RepositoryRef(account, self.default_region, name)
 

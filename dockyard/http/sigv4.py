@@ -29,6 +29,7 @@ ALGORITHM: Final = "AWS4-HMAC-SHA256"
 MAX_SKEW: Final = timedelta(minutes=15)
 MAX_PRESIGNED_EXPIRY: Final = 7 * 24 * 3600
 UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
+DOWNLOAD_URL_EXPIRY: Final = 3600
 _AUTH_RE: Final = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-f]{64})\s*"
 )
@@ -222,3 +223,10 @@ def _check_payload_hash(request: SignedRequest) -> None:
         raise InvalidSignature("this API requires a signed payload")
     if not hmac.compare_digest(declared.encode(), hashlib.sha256(request.body).hexdigest().encode()):
         raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
+
+
+def presign_get(url: str, access_key_id: str, secret: str, service: str, region: str) -> str:
+    """A SigV4 query-signed GET of `url` (what an S3 pre-signed URL is to ECR's GetDownloadUrlForLayer)."""
+    request = AWSRequest(method="GET", url=url)
+    SigV4QueryAuth(Credentials(access_key_id, secret), service, region, expires=DOWNLOAD_URL_EXPIRY).add_auth(request)
+    return str(request.url)

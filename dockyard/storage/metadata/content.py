@@ -204,6 +204,15 @@ class ContentRecords(StoreBase):
             )
         return result.rowcount > 0
 
+    def blob_referenced(self, repository_id: int, digest: Digest) -> bool:
+        query = select(manifest_references.c.parent_digest).where(
+            manifest_references.c.repository_id == repository_id,
+            manifest_references.c.child_digest == str(digest),
+            manifest_references.c.is_manifest.is_(False),
+        )
+        with self._read() as connection:
+            return connection.execute(query.limit(1)).first() is not None
+
     def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
         query = select(manifest_references.c.parent_digest).where(
             manifest_references.c.repository_id == repository_id,

@@ -97,11 +97,12 @@ def test_unknown_operation(ecr_server: ServerProcess) -> None:
     ("prefix", "target"),
     [
         ("DynamoDB_20120810", "ListTables"),
+        ("DynamoDB_20120810", "DescribeRepositories"),
         ("AmazonEC2ContainerRegistry_V20150921", ""),
         ("", "DescribeRepositories"),
         ("", "garbage"),
     ],
-    ids=["other-service", "no-operation", "no-namespace", "garbage"],
+    ids=["other-service", "other-namespace-ecr-operation", "no-operation", "no-namespace", "garbage"],
 )
 def test_unknown_target_is_an_unknown_operation(ecr_server: ServerProcess, prefix: str, target: str) -> None:
     """An AWS JSON request (POST / with X-Amz-Target) for no ECR operation answers as AWS does."""
