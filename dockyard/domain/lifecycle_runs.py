@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from dockyard.domain.clock import Clock, utc_now
-from dockyard.domain.errors import DockyardError, ImageNotFound
+from dockyard.domain.errors import DockyardError
 from dockyard.domain.iam import AuditSink
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import (
@@ -67,22 +67,24 @@ class LifecycleRunner:
     # ------------------------------------------------------------------------------------ facts
 
     def facts(self, repository: Repository) -> list[ImageFacts]:
-        children = self.metadata.manifest_children(repository.id)
-        rows = self.metadata.list_images(repository.id, None, 10**9, None)
+        children = {
+            str(parent): tuple(map(str, kids))
+            for parent, kids in self.metadata.manifest_children(repository.id).items()
+        }
         return [
             ImageFacts(
-                digest=str(row.manifest.digest),
+                digest=row.digest,
                 tags=row.tags,
-                pushed_at=row.manifest.pushed_at,
-                last_pulled_at=row.manifest.last_pulled_at,
-                last_archived_at=row.manifest.last_archived_at,
-                last_activated_at=row.manifest.last_activated_at,
-                storage_class=StorageClass(row.manifest.storage_class),
-                subject_digest=str(row.manifest.subject) if row.manifest.subject else None,
-                is_index=row.manifest.digest in children,
-                child_digests=tuple(str(d) for d in children.get(row.manifest.digest, ())),
+                pushed_at=row.pushed_at,
+                last_pulled_at=row.last_pulled_at,
+                last_archived_at=row.last_archived_at,
+                last_activated_at=row.last_activated_at,
+                storage_class=StorageClass(row.storage_class),
+                subject_digest=row.subject,
+                is_index=row.digest in children,
+                child_digests=children.get(row.digest, ()),
             )
-            for row in rows
+            for row in self.metadata.lifecycle_rows(repository.id)
         ]
 
     # ------------------------------------------------------------------------------------ preview
@@ -115,15 +117,13 @@ class LifecycleRunner:
         for repository in self.metadata.repositories_with_document(LIFECYCLE_POLICY):
             name = _job_name(repository)
             now = self.clock()
-            if not dry_run and not self.metadata.try_lease(
-                name, self.owner, now + timedelta(seconds=LEASE_SECONDS), now
-            ):
+            lease_until = now + timedelta(seconds=LEASE_SECONDS)
+            if not dry_run and not self.metadata.try_lease(name, self.owner, lease_until, now):
                 continue
             try:
-                results.append(self._run(repository, dry_run))
+                results.append(self._run(repository, dry_run, lease=None if dry_run else name))
             except DockyardError as error:
                 log.warning("lifecycle run of %s failed: %s", repository.ref.name, error.message)
-            finally:
                 if not dry_run:
                     self.metadata.release_lease(name, self.owner)
         return results
@@ -136,33 +136,30 @@ class LifecycleRunner:
             if (last := self.metadata.job_last_run(_job_name(r))) is None or now - last >= interval
         ]
 
-    def _run(self, repository: Repository, dry_run: bool) -> RunResult:
+    def _run(self, repository: Repository, dry_run: bool, lease: str | None = None) -> RunResult:
         document = self.metadata.get_repository_document(repository.id, LIFECYCLE_POLICY)
         if document is None:
             return RunResult(repository.ref, [], dry_run)
         actions = plan(parse_policy(document.text), self.facts(repository), self.clock())
         if not dry_run:
             self._apply(repository, actions)
-            self.metadata.set_job_last_run(_job_name(repository), self.clock())
+            if lease is not None:
+                self.metadata.finish_leased_job(_job_name(repository), lease, self.owner, self.clock())
+            else:
+                self.metadata.set_job_last_run(_job_name(repository), self.clock())
         return RunResult(repository.ref, actions, dry_run)
 
     def _apply(self, repository: Repository, actions: Sequence[PlannedAction]) -> None:
-        # Indexes go before the manifests they list, so no child is ever still referenced when it goes.
-        for action in sorted(actions, key=lambda a: not a.image.is_index):
-            digest = Digest.parse(action.digest)
-            if action.action == ActionType.EXPIRE:
-                self._expire(repository, digest, action)
-            else:
-                self.metadata.set_storage_class(repository.id, digest, "ARCHIVE", self.clock())
+        """Expire in one transaction (the plan never expires a manifest a kept index lists), then archive."""
+        expired = [a for a in actions if a.action == ActionType.EXPIRE]
+        if expired:
+            self.metadata.delete_manifests(repository.id, [Digest.parse(a.digest) for a in expired])
+            for action in expired:
+                self._emit(repository, action, "EXPIRE")
+        for action in actions:
+            if action.action != ActionType.EXPIRE:
+                self.metadata.set_storage_class(repository.id, Digest.parse(action.digest), "ARCHIVE", self.clock())
                 self._emit(repository, action, "ARCHIVE")
-
-    def _expire(self, repository: Repository, digest: Digest, action: PlannedAction) -> None:
-        try:
-            self.registry.delete_manifest(repository.ref, str(digest))
-        except (ImageNotFound, DockyardError) as error:
-            log.warning("lifecycle could not expire %s in %s: %s", digest, repository.ref.name, error.message)
-            return
-        self._emit(repository, action, "EXPIRE")
 
     def _emit(self, repository: Repository, action: PlannedAction, what: str) -> None:
         event = {

@@ -6,7 +6,7 @@ queries. Each protocol is small on purpose; one storage class may implement seve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -91,6 +91,20 @@ class Template:
     document: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LifecycleRow:
+    """What lifecycle evaluation reads of one image, fetched in bulk (a sweep reads every repository)."""
+
+    digest: str
+    tags: tuple[str, ...]
+    pushed_at: datetime
+    last_pulled_at: datetime | None
+    last_archived_at: datetime | None
+    last_activated_at: datetime | None
+    storage_class: str
+    subject: str | None
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,8 @@ class ManifestStore(Protocol):
         """Delete the manifest and every tag on it."""
         ...
 
+    def delete_manifests(self, repository_id: int, digests: Sequence[Digest]) -> int: ...
+
     def blob_referenced(self, repository_id: int, digest: Digest) -> bool:
         """Whether a manifest of the repository lists `digest` as its config or one of its layers."""
         ...
@@ -355,6 +371,8 @@ class LifecycleStore(Protocol):
 
     def manifest_children(self, repository_id: int) -> dict[Digest, list[Digest]]: ...
 
+    def lifecycle_rows(self, repository_id: int) -> list[LifecycleRow]: ...
+
     def repositories_with_document(self, kind: str) -> list[Repository]: ...
 
 
@@ -398,6 +416,10 @@ class LeaseStore(Protocol):
     def release_lease(self, name: str, owner: str) -> None: ...
 
     def job_last_run(self, name: str) -> datetime | None: ...
+
+    def finish_leased_job(self, name: str, lease: str, owner: str, when: datetime) -> None:
+        """Record the job's run and release its lease, in one transaction."""
+        ...
 
     def set_job_last_run(self, name: str, when: datetime) -> None: ...
 

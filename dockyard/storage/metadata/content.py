@@ -190,19 +190,25 @@ class ContentRecords(StoreBase):
         return result.rowcount > 0
 
     def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
-        self._manifests.invalidate((repository_id, digest))
+        return self.delete_manifests(repository_id, [digest]) > 0
+
+    def delete_manifests(self, repository_id: int, digests: Sequence[Digest]) -> int:
+        """Delete manifests with their tags and references in one transaction; returns how many existed."""
+        wanted = [str(d) for d in digests]
+        for digest in digests:
+            self._manifests.invalidate((repository_id, digest))
         with self._write() as connection:
-            connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == str(digest)))
+            connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest.in_(wanted)))
             connection.execute(
                 delete(manifest_references).where(
                     manifest_references.c.repository_id == repository_id,
-                    manifest_references.c.parent_digest == str(digest),
+                    manifest_references.c.parent_digest.in_(wanted),
                 )
             )
             result = connection.execute(
-                delete(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
+                delete(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted))
             )
-        return result.rowcount > 0
+        return result.rowcount
 
     def blob_referenced(self, repository_id: int, digest: Digest) -> bool:
         query = select(manifest_references.c.parent_digest).where(

@@ -14,6 +14,7 @@ from sqlalchemy import (
 
 from dockyard.domain.names import Digest
 from dockyard.domain.ports import (
+    LifecycleRow,
     Repository,
     UploadSession,
 )
@@ -30,6 +31,7 @@ from dockyard.storage.metadata.schema import (
     repositories,
     repository_blobs,
     repository_documents,
+    tags,
     uploads,
 )
 
@@ -55,6 +57,25 @@ class OperationRecords(StoreBase):
             for row in connection.execute(query):
                 children.setdefault(Digest.parse(row.parent_digest), []).append(Digest.parse(row.child_digest))
         return children
+
+    def lifecycle_rows(self, repository_id: int) -> list[LifecycleRow]:
+        """Every image of the repository with its tags: two plain queries, no per-row parsing."""
+        columns = (
+            manifests.c.digest,
+            manifests.c.pushed_at,
+            manifests.c.last_pulled_at,
+            manifests.c.last_archived_at,
+            manifests.c.last_activated_at,
+            manifests.c.storage_class,
+            manifests.c.subject_digest,
+        )
+        with self._read() as connection:
+            rows = connection.execute(select(*columns).where(manifests.c.repository_id == repository_id)).all()
+            names: dict[str, list[str]] = {}
+            tag_query = select(tags.c.digest, tags.c.name).where(tags.c.repository_id == repository_id)
+            for digest, name in connection.execute(tag_query):
+                names.setdefault(digest, []).append(name)
+        return [LifecycleRow(row[0], tuple(sorted(names.get(row[0], ()))), *row[1:6], row[6]) for row in rows]
 
     def repositories_with_document(self, kind: str) -> list[Repository]:
         query = select(repositories).join(
@@ -115,6 +136,14 @@ class OperationRecords(StoreBase):
     def release_lease(self, name: str, owner: str) -> None:
         with self._write() as connection:
             connection.execute(delete(leases).where(leases.c.name == name, leases.c.owner == owner))
+
+    def finish_leased_job(self, name: str, lease: str, owner: str, when: datetime) -> None:
+        statement = self._insert(job_runs).values(name=name, last_run_at=when)
+        with self._write() as connection:
+            connection.execute(
+                statement.on_conflict_do_update(index_elements=[job_runs.c.name], set_={"last_run_at": when})
+            )
+            connection.execute(delete(leases).where(leases.c.name == lease, leases.c.owner == owner))
 
     def job_last_run(self, name: str) -> datetime | None:
         with self._read() as connection:
