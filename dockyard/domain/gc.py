@@ -66,7 +66,7 @@ class GarbageCollector:
         deleted = kept = 0
         candidates = ((d, w) for d, w in self.blobs.stored_blobs() if w < written_before)
         while batch := list(islice(candidates, _BATCH)):
-            needed = self.metadata.referenced_digests(d for d, _ in batch)
+            needed = self.metadata.referenced_digests((d for d, _ in batch), written_before if dry_run else None)
             for digest, _ in batch:
                 if digest in needed:
                     kept += 1

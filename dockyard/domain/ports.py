@@ -383,7 +383,10 @@ class CollectorStore(Protocol):
 
     def delete_orphan_blob_rows(self, created_before: datetime) -> int: ...
 
-    def referenced_digests(self, digests: Iterable[Digest]) -> set[Digest]: ...
+    def referenced_digests(self, digests: Iterable[Digest], unlinked_before: datetime | None = None) -> set[Digest]:
+        """Which of `digests` the metadata needs; with `unlinked_before`, as if the collector had just
+        unlinked the unreferenced links and orphan blob rows older than that (a dry run)."""
+        ...
 
 
 class ScanStore(Protocol):

@@ -29,7 +29,7 @@ from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.names import PUBLIC_REGION, Digest, RepositoryRef
 from dockyard.domain.policies import Policy
-from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, Template
+from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
@@ -137,7 +137,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
             detail = self.image_detail(row, ref)
             scan = scans.get(row.manifest.digest)
             if scan is not None:
-                detail["imageScanStatus"] = {"status": scan.status, "description": scan.description}
+                detail["imageScanStatus"] = _scan_status(scan)
                 if scan.status == "COMPLETE":
                     counts = json.loads(scan.findings or "{}").get("findingSeverityCounts", {})
                     detail["imageScanFindingsSummary"] = {
@@ -294,7 +294,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         text = call.params.get("lifecyclePolicyText")
         result = self._guard_repository(call, lambda: self.lifecycle.start_preview(call.ref(), text))
         return self._repository_document(
-            call, result["lifecyclePolicyText"], lifecyclePolicyText=result["lifecyclePolicyText"], status="COMPLETE"
+            call, result["lifecyclePolicyText"], lifecyclePolicyText=result["lifecyclePolicyText"], status="IN_PROGRESS"
         )
 
     def get_lifecycle_policy_preview(self, call: EcrCall) -> dict[str, Any]:
@@ -340,7 +340,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
             "registryId": call.account,
             "repositoryName": ref.name,
             "imageId": {"imageDigest": str(found.manifest.digest), "imageTag": image.get("imageTag")},
-            "imageScanStatus": {"status": status.status, "description": status.description},
+            "imageScanStatus": _scan_status(status),
         }
 
     def describe_image_scan_findings(self, call: EcrCall) -> dict[str, Any]:
@@ -358,7 +358,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
             "registryId": call.account,
             "repositoryName": ref.name,
             "imageId": {"imageDigest": str(found.manifest.digest), "imageTag": image.get("imageTag")},
-            "imageScanStatus": {"status": scan.status, "description": scan.description},
+            "imageScanStatus": _scan_status(scan),
         }
         if scan.status == "COMPLETE":
             document = json.loads(scan.findings or "{}")
@@ -623,6 +623,12 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
             raise RepositoryNotFound(
                 f"The repository with name '{target.name}' does not exist in the registry with id '{target.account_id}'"
             ) from None
+
+
+def _scan_status(scan: ScanRecord) -> dict[str, Any]:
+    """ImageScanStatus as basic scanning reports it: a queued scan is IN_PROGRESS (PENDING is enhanced's)."""
+    status = "IN_PROGRESS" if scan.status == "PENDING" else scan.status
+    return {"status": status, "description": scan.description}
 
 
 def _page(call: EcrCall) -> tuple[str | None, int]:

@@ -481,6 +481,7 @@ def _package(entry: InstalledEntry, ecosystem: str | None, manager: str, locatio
 
 
 _LANGUAGE_ECOSYSTEMS: Final = {"python": "PyPI", "npm": "npm"}
+_PACKAGE_DATABASES: Final = frozenset({_Kind.DPKG_STATUS, _Kind.APK_INSTALLED})
 
 
 def _packages(
@@ -489,7 +490,10 @@ def _packages(
     os_ecosystem = operating_system.osv_ecosystem if operating_system else None
     packages: list[Package] = []
     for path, captured in files.items():
-        manager, entries = _entries(captured, limits)
+        manager, read = _entries(captured, limits)
+        entries = list(read)
+        if not entries and captured.kind in _PACKAGE_DATABASES and captured.data.strip():
+            raise ScanFailed(f"/{path} is malformed: no installed package could be read from it")
         ecosystem = _LANGUAGE_ECOSYSTEMS.get(manager, os_ecosystem)
         packages.extend(_package(entry, ecosystem, manager, f"/{path}") for entry in entries)
     return packages

@@ -147,8 +147,8 @@ def _affecting_entry(record: OsvRecord, ecosystem: str, name: str, version: str)
         try:
             if affected_contains(entry, version):
                 return entry
-        except VersionError as exc:
-            error = exc
+        except ValueError as exc:  # VersionError, or int() refusing a number of more than 4,300 digits
+            error = exc if isinstance(exc, VersionError) else VersionError(f"version {version!r}: {exc}")
     if error is not None:
         raise error
     return None

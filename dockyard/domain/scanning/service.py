@@ -122,6 +122,11 @@ class VulnerabilityDatabase:
         return max((imported for _, imported, _ in sources), default=None)
 
 
+def _filter_matches(pattern: str, name: str) -> bool:
+    """A scanning repository filter: with `*`, a wildcard match of the whole name; without, a substring."""
+    return wildcard_matches(pattern, name) if "*" in pattern else pattern in name
+
+
 class IteratorReader(io.RawIOBase):
     """A file object over an iterator of byte chunks: how blob-store streams feed `tarfile`."""
 
@@ -169,7 +174,7 @@ class ImageScanner:
         configuration = self.registries.configuration(ref.account_id, ref.region, SCANNING, {"rules": []})
         return any(
             rule.get("scanFrequency") in ("SCAN_ON_PUSH", "CONTINUOUS_SCAN")
-            and any(wildcard_matches(f.get("filter", ""), ref.name) for f in rule.get("repositoryFilters", []))
+            and any(_filter_matches(f.get("filter", ""), ref.name) for f in rule.get("repositoryFilters", []))
             for rule in configuration.get("rules", [])
         )
 
@@ -208,6 +213,10 @@ class ImageScanner:
             return ScanRecord(status, error.message, requested, self.clock(), None, self.database.updated_at())
         except DockyardError as error:
             return ScanRecord("FAILED", error.message, requested, self.clock(), None, self.database.updated_at())
+        except Exception:  # a bug or an input no reader anticipated: fail the scan, never leave it in progress
+            log.exception("scan of %s failed unexpectedly", digest)
+            description = "The scan failed: the image could not be analysed."
+            return ScanRecord("FAILED", description, requested, self.clock(), None, self.database.updated_at())
         document = {**findings.to_ecr(), "scannedPackages": findings.scanned_packages}
         description = "The scan was completed successfully."
         if findings.unscannable:
@@ -230,4 +239,10 @@ class ImageScanner:
         return self.scan_layers(streams)
 
     def scan_layers(self, layers: Iterable[IO[bytes]]) -> ScanFindings:
-        return match_inventory(read_inventory(layers), self.database.lookup())
+        inventory = read_inventory(layers)
+        if inventory.os is None and not inventory.packages:
+            raise ScanFailed(
+                "No operating system release file and no package database were found in the image.",
+                detail="unsupported",
+            )
+        return match_inventory(inventory, self.database.lookup())

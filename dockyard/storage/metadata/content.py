@@ -56,9 +56,12 @@ class ContentRecords(StoreBase):
     def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
         with self._write() as connection:
             connection.execute(self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now))
+            # Linked again (uploaded or mounted anew): the collector's grace period restarts from now.
+            link = self._insert(repository_blobs).values(repository_id=repository_id, digest=str(digest), linked_at=now)
             connection.execute(
-                self._insert_ignore(repository_blobs).values(
-                    repository_id=repository_id, digest=str(digest), linked_at=now
+                link.on_conflict_do_update(
+                    index_elements=[repository_blobs.c.repository_id, repository_blobs.c.digest],
+                    set_={"linked_at": now},
                 )
             )
 

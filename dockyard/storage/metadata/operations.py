@@ -113,11 +113,34 @@ class OperationRecords(StoreBase):
             result = connection.execute(delete(blobs).where(blobs.c.created_at < created_before, ~linked))
         return result.rowcount
 
-    def referenced_digests(self, digests: Iterable[Digest]) -> set[Digest]:
-        """Which of `digests` the metadata still needs: known blobs or manifest contents of any repository."""
+    def referenced_digests(self, digests: Iterable[Digest], unlinked_before: datetime | None = None) -> set[Digest]:
+        """Which of `digests` the metadata still needs: known blobs or manifest contents of any repository.
+
+        With `unlinked_before` (a dry run), blob rows count only where they would survive
+        `delete_unreferenced_links` and `delete_orphan_blob_rows` with that time.
+        """
         wanted = [str(d) for d in digests]
+        known = select(blobs.c.digest).where(blobs.c.digest.in_(wanted))
+        if unlinked_before is not None:
+            referenced = (
+                select(manifest_references.c.child_digest)
+                .where(
+                    manifest_references.c.repository_id == repository_blobs.c.repository_id,
+                    manifest_references.c.child_digest == repository_blobs.c.digest,
+                )
+                .exists()
+            )
+            kept_link = (
+                select(repository_blobs.c.digest)
+                .where(
+                    repository_blobs.c.digest == blobs.c.digest,
+                    (repository_blobs.c.linked_at >= unlinked_before) | referenced,
+                )
+                .exists()
+            )
+            known = known.where(kept_link | (blobs.c.created_at >= unlinked_before))
         with self._read() as connection:
-            found = set(connection.execute(select(blobs.c.digest).where(blobs.c.digest.in_(wanted))).scalars())
+            found = set(connection.execute(known).scalars())
             found |= set(connection.execute(select(manifests.c.digest).where(manifests.c.digest.in_(wanted))).scalars())
         return {Digest.parse(d) for d in found}
 
