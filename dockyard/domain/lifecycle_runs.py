@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from dockyard.domain.clock import Clock, utc_now
-from dockyard.domain.errors import DockyardError
+from dockyard.domain.errors import DockyardError, ErrorKind
 from dockyard.domain.iam import AuditSink
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import (
@@ -37,6 +37,12 @@ from dockyard.domain.repositories import LIFECYCLE_POLICY
 log = logging.getLogger("dockyard.lifecycle")
 PREVIEW: Final = "lifecycle-preview"
 LEASE_SECONDS: Final = 600
+
+
+class LifecycleBusy(DockyardError):
+    kind = ErrorKind(
+        "TOOMANYREQUESTS", 409, "LifecyclePolicyPreviewInProgressException", "a lifecycle run is in progress"
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,18 @@ class LifecycleRunner:
     # ------------------------------------------------------------------------------------ runs
 
     def run(self, ref: RepositoryRef, dry_run: bool = False) -> RunResult:
+        """One repository now; under its lease, so a scheduled sweep elsewhere never works on it meanwhile."""
         repository = self.registry.repository(ref)
-        return self._run(repository, dry_run)
+        if dry_run:
+            return self._run(repository, dry_run)
+        name, now = _job_name(repository), self.clock()
+        if not self.metadata.try_lease(name, self.owner, now + timedelta(seconds=LEASE_SECONDS), now):
+            raise LifecycleBusy(f"a lifecycle run of {ref.name} is in progress on another node; try again later")
+        try:
+            return self._run(repository, dry_run, lease=name)
+        except BaseException:
+            self.metadata.release_lease(name, self.owner)
+            raise
 
     def run_all(self, dry_run: bool = False) -> list[RunResult]:
         """Every repository with a policy, each under a lease so one node at a time works on it."""
