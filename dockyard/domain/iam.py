@@ -185,6 +185,7 @@ class Authorizer:
         if repository.is_public and action in PUBLIC_READ_ACTIONS:
             self._record(principal, action, repository.arn, "ALLOW_PUBLIC", context)
             return
+        action = _service_action(action, repository)
         if principal is None:
             self._record(None, action, repository.arn, "Unauthenticated", context)
             raise Unauthorized(f"authentication required for {action}")
@@ -231,6 +232,7 @@ class Authorizer:
         """The same decision without raising or auditing (filters listings)."""
         if repository.is_public and action in PUBLIC_READ_ACTIONS:
             return True
+        action = _service_action(action, repository)
         return principal is not None and self.decide(principal, action, repository, context).allowed
 
     def decide(
@@ -292,7 +294,7 @@ class Authorizer:
             {
                 "eventTime": self.clock().isoformat(),
                 "eventType": "AwsApiCall",
-                "eventSource": "ecr.amazonaws.com",
+                "eventSource": f"{action.partition(':')[0]}.amazonaws.com",
                 "eventName": action.partition(":")[2],
                 "userIdentity": {
                     "type": "IAMUser" if principal and principal.user_name else ("Root" if principal else "Anonymous"),
@@ -318,6 +320,13 @@ REPOSITORY_POLICY_KIND: Final = "repository-policy"
 PUBLIC_READ_ACTIONS: Final = frozenset(
     {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability", "ecr:ListImages"}
 )
+
+
+def _service_action(action: str, repository: RepositoryRef) -> str:
+    """A public repository belongs to ECR Public: registry calls on it are `ecr-public:` actions."""
+    if repository.is_public and action.startswith("ecr:"):
+        return "ecr-public:" + action.removeprefix("ecr:")
+    return action
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,14 @@ def registry_caller(
     user, password = credentials
     if not user and not password:
         return Caller(None)  # skopeo --no-creds and others send an empty Basic pair for anonymous access
+    return password_caller(user, password, authenticator, tokens, now)
+
+
+def password_caller(
+    user: str, password: str, authenticator: Authenticator, tokens: LoginTokens, now: datetime
+) -> Caller:
+    """A user name and password, from Basic or from the token endpoint's OAuth2 form: `AWS` with a
+    GetAuthorizationToken password, or an access key id and secret."""
     if user == "AWS":
         principal, registry_account = tokens.verify(password, now)
         return Caller(principal, registry_account, registry_region=tokens.region_of(password, now))

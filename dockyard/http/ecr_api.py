@@ -63,6 +63,9 @@ class EcrCall:
     def ref(self, name_member: str = "repositoryName") -> RepositoryRef:
         return RepositoryRef(self.account, self.region, self.params[name_member])
 
+    def ref_of(self, name: str) -> RepositoryRef:
+        return RepositoryRef(self.account, self.region, name)
+
 
 Handler = Callable[[EcrCall], dict[str, Any]]
 
@@ -105,6 +108,9 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         action = f"{self.SERVICE}:{operation}"
         if "repositoryName" in call.params:
             self.authorizer.authorize(call.principal, action, call.ref(), call.context)
+        elif "repositoryNames" in call.params:
+            for name in call.params["repositoryNames"]:
+                self.authorizer.authorize(call.principal, action, call.ref_of(name), call.context)
         elif "resourceArn" in call.params:
             self.authorizer.authorize(call.principal, action, _ref_from_arn(call.params["resourceArn"]), call.context)
         else:
@@ -761,7 +767,9 @@ class PublicEcrDoor(EcrDoor):
         return {"repository": self.repository_shape(repository, call), "catalogData": catalog}
 
     def get_authorization_token(self, call: EcrCall) -> dict[str, Any]:
-        token = self.login_tokens.issue(call.principal, call.principal.account_id, self.registry.clock())
+        account = call.principal.account_id
+        self.authorizer.authorize_account(call.principal, "sts:GetServiceBearerToken", account, call.context)
+        token = self.login_tokens.issue(call.principal, account, self.registry.clock())
         encoded = base64.b64encode(f"AWS:{token.password}".encode()).decode()
         return {"authorizationData": {"authorizationToken": encoded, "expiresAt": token.expires_at}}
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
 
 from botocore.model import OperationModel, Shape
@@ -169,7 +169,8 @@ class QueryDoor:
 
     def get_user_policy(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
         document = self.accounts.user_policy(principal.account_id, params["UserName"], params["PolicyName"])
-        return {"UserName": params["UserName"], "PolicyName": params["PolicyName"], "PolicyDocument": document}
+        encoded = quote(document, safe="")  # IAM returns documents URL-encoded (RFC 3986); SDKs decode them
+        return {"UserName": params["UserName"], "PolicyName": params["PolicyName"], "PolicyDocument": encoded}
 
     def delete_user_policy(self, principal: Principal, params: dict[str, str]) -> None:
         self.accounts.delete_user_policy(principal.account_id, params["UserName"], params["PolicyName"])

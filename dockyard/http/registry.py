@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
@@ -42,7 +42,7 @@ from dockyard.domain.names import (
     registry_from_host,
 )
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
-from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, registry_caller, request_context
+from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, password_caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.metrics import LATENCY, REQUESTS
 
@@ -52,6 +52,7 @@ API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 WRITE_BATCH: Final = 4 * 1024 * 1024
 _CONTENT_RANGE_RE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/[0-9*]+)?")
 _RANGE_RE: Final = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+MAX_TOKEN_FORM: Final = 64 * 1024
 
 Handler = Callable[["Call"], Awaitable[Response]]
 
@@ -247,12 +248,15 @@ class RegistryDoor:
         """Docker's token endpoint (GET with query, or the OAuth2 form POST): scopes intersected with IAM."""
         if self.bearer is None:
             raise NameUnknown("the token endpoint is enabled with --auth-challenge bearer")
-        form = dict(await request.form()) if request.method == "POST" else {}
-        scope_texts = request.query_params.getlist("scope") + ([str(form["scope"])] if "scope" in form else [])
+        form: dict[str, str] = {}
+        if request.method == "POST":  # OAuth2 form (urlencoded): parsed here, python-multipart is no dependency
+            form = dict(parse_qsl((await read_limited(request, MAX_TOKEN_FORM)).decode("utf-8", "replace")))
+        scope_texts = request.query_params.getlist("scope") + ([form["scope"]] if "scope" in form else [])
         caller = registry_caller(request, self.authenticator, self.login_tokens, None, self.registry.clock())
         if caller.principal is None and form.get("password"):
-            principal = self.authenticator.from_access_key(str(form.get("username", "")), str(form["password"]))
-            caller = Caller(principal)
+            caller = password_caller(
+                form.get("username", ""), form["password"], self.authenticator, self.login_tokens, self.registry.clock()
+            )
         account = self.repository_ref(request, caller, "token").account_id
         context = request_context(request)
 

@@ -246,7 +246,12 @@ def test_dockyard_admin_builds_an_account_whose_user_pushes(
     admin("user", "create", user, "--account", account)
     document = tmp_path / "builder.json"
     document.write_text(policy(statement("Allow", ["ecr:*"], f"arn:aws:ecr:*:{account}:repository/admin/*")))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]}')
+    rejected = run_admin(data_dir, "policy", "put", user, "broken", "--file", str(broken), "--account", account)
+    assert rejected.returncode == 1 and "MalformedPolicyDocument" in rejected.stdout, describe(rejected)
     admin("policy", "put", user, "push", "--file", str(document), "--account", account)
+    assert admin("policy", "list", user, "--account", account).split() == ["push"]
     record = json.loads(admin("key", "create", "--account", account, "--user", user))
     assert record["UserName"] == user and record["Account"] == account
     keys = Keys(record["AccessKeyId"], record["SecretAccessKey"])
