@@ -17,7 +17,6 @@ from sqlalchemy.sql.dml import Insert
 from dockyard.domain.cache import TtlCache
 from dockyard.domain.ports import (
     Document,
-    ManifestRecord,
     Repository,
 )
 
@@ -31,10 +30,6 @@ class StoreBase:
         # Repositories and their documents are read on every request and change rarely (see TtlCache).
         self._repositories: TtlCache[Repository | None] = TtlCache(cache_ttl)
         self._documents: TtlCache[Document | None] = TtlCache(cache_ttl)
-        # Blob links and manifests by digest are immutable until deleted: positive answers are cached the
-        # same way (a miss is never cached: an upload may link the blob a moment later).
-        self._links: TtlCache[int | None] = TtlCache(cache_ttl, max_entries=100_000)
-        self._manifests: TtlCache[ManifestRecord | None] = TtlCache(cache_ttl, max_entries=100_000)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -40,11 +40,9 @@ from dockyard.storage.metadata.schema import (
 
 class ContentRecords(StoreBase):
     def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
-        key = (repository_id, digest)
-        size = self._links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
-        if size is None:
-            self._links.invalidate(key)
-        return size
+        # Not cached: a link removed by another process (the collector, another node) must be seen at once,
+        # or a client would skip uploading a blob its manifest then finds missing.
+        return self._load_linked_blob_size(repository_id, digest)
 
     def _load_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
         with self._read() as connection:
@@ -66,7 +64,6 @@ class ContentRecords(StoreBase):
             )
 
     def unlink_blob(self, repository_id: int, digest: Digest) -> bool:
-        self._links.invalidate((repository_id, digest))
         with self._write() as connection:
             result = connection.execute(
                 delete(repository_blobs).where(
@@ -94,11 +91,8 @@ class ContentRecords(StoreBase):
             connection.execute(delete(uploads).where(uploads.c.id == upload_id))
 
     def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
-        key = (repository_id, digest)
-        record = self._manifests.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
-        if record is None:
-            self._manifests.invalidate(key)
-        return record
+        # Not cached: an expired or deleted image must disappear from every door (and node) at once.
+        return self._load_manifest(repository_id, digest)
 
     def _load_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None:
         with self._read() as connection:
@@ -198,8 +192,6 @@ class ContentRecords(StoreBase):
     def delete_manifests(self, repository_id: int, digests: Sequence[Digest]) -> int:
         """Delete manifests with their tags and references in one transaction; returns how many existed."""
         wanted = [str(d) for d in digests]
-        for digest in digests:
-            self._manifests.invalidate((repository_id, digest))
         with self._write() as connection:
             connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest.in_(wanted)))
             connection.execute(
@@ -286,7 +278,6 @@ class ContentRecords(StoreBase):
             return list(connection.execute(query).scalars())
 
     def record_pull(self, repository_id: int, digest: Digest, now: datetime) -> None:
-        self._manifests.invalidate((repository_id, digest))
         with self._write() as connection:
             connection.execute(
                 update(manifests)

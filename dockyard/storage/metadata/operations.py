@@ -45,7 +45,6 @@ class OperationRecords(StoreBase):
                 .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
                 .values(storage_class=storage_class, **stamp)
             )
-        self._manifests.invalidate((repository_id, digest))
 
     def manifest_children(self, repository_id: int) -> dict[Digest, list[Digest]]:
         """Every index of the repository with the manifests it lists."""
@@ -104,7 +103,6 @@ class OperationRecords(StoreBase):
             result = connection.execute(
                 delete(repository_blobs).where(repository_blobs.c.linked_at < linked_before, ~referenced)
             )
-        self._links.clear()
         return result.rowcount
 
     def delete_orphan_blob_rows(self, created_before: datetime) -> int:

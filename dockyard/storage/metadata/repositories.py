@@ -105,7 +105,7 @@ class RepositoryRecords(StoreBase):
             ):
                 connection.execute(delete(table).where(table.c.repository_id == repository_id))
             connection.execute(delete(repositories).where(repositories.c.id == repository_id))
-        for cache in (self._repositories, self._documents, self._links, self._manifests):
+        for cache in (self._repositories, self._documents):
             cache.clear()
 
     def count_manifests(self, repository_id: int) -> int:
