@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
@@ -156,9 +157,14 @@ def _new_account_id() -> str:
 def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
     given_id, given_secret = os.environ.get(ROOT_KEY_ID_ENV), os.environ.get(ROOT_SECRET_ENV)
     given = (given_id, given_secret) if given_id and given_secret else None
-    credentials = bootstrap_root_credentials(
-        services.metadata, services.box, settings.default_account, utc_now(), given
-    )
+    try:
+        credentials = bootstrap_root_credentials(
+            services.metadata, services.box, settings.default_account, utc_now(), given
+        )
+    except IntegrityError:  # another node, starting at the same moment, registered them first: check them
+        credentials = bootstrap_root_credentials(
+            services.metadata, services.box, settings.default_account, utc_now(), given
+        )
     path = settings.data_dir / ROOT_CREDENTIALS_FILE
     if credentials is not None and credentials.created and not path.exists():
         record = {

@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from starlette.concurrency import run_in_threadpool
 
@@ -53,19 +53,23 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             for job in self.jobs:
-                await run_in_threadpool(self.run_if_due, job)
+                try:
+                    await run_in_threadpool(self.run_if_due, job)
+                except Exception:  # e.g. the database unreachable for a moment: the next tick tries again
+                    log.exception("scheduling background job %s failed", job.name)
             # Jitter spreads the nodes' ticks so they do not race for the same lease every time.
             await asyncio.sleep(self.tick_seconds * (0.5 + random.random()))  # noqa: S311 (not cryptographic)
 
     def run_if_due(self, job: Job) -> bool:
         """Run `job` here if its interval has passed and this node takes its lease; True when it ran."""
         now = self.clock()
-        last = self.store.job_last_run(job.name)
-        if last is not None and now - last < job.interval:
+        if not self._due(job, now):
             return False
         if not self.store.try_lease(f"job:{job.name}", self.owner, now + job.lease, now):
             return False
         try:
+            if not self._due(job, self.clock()):  # another node ran it between our check and our lease
+                return False
             job.run()
             self.store.set_job_last_run(job.name, self.clock())
         except Exception:
@@ -73,3 +77,7 @@ class Scheduler:
         finally:
             self.store.release_lease(f"job:{job.name}", self.owner)
         return True
+
+    def _due(self, job: Job, now: datetime) -> bool:
+        last = self.store.job_last_run(job.name)
+        return last is None or now - last >= job.interval

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
+import json
 import os
 import secrets
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
@@ -33,6 +36,7 @@ from sqlalchemy import Engine, create_engine, text
 from tests.support.databases import postgres_url
 from tests.support.server import ServerProcess
 
+T = TypeVar("T")
 S3_REGION = "us-east-1"
 S3_PREFIX = "registry"
 _S3_CONFIG = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60, retries={"mode": "standard"})
@@ -283,3 +287,71 @@ def install_job_history(group: Cluster) -> None:
 def job_history(group: Cluster) -> list[HistoryRow]:
     rows = group.query("SELECT recorded_at, source, operation, name, owner, at FROM test_job_history ORDER BY id")
     return [HistoryRow(*row) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------- waiting and watching
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(interval)  # polling with a deadline
+
+
+def lock_waiters(group: Cluster, query_like: str) -> int:
+    """Sessions of the cluster's database waiting for a lock, running a statement that matches `query_like`."""
+    rows = group.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query ILIKE :pattern",
+        pattern=query_like,
+    )
+    count: int = rows[0][0]
+    return count
+
+
+def json_log_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def server_errors(node: ServerProcess) -> list[str]:
+    """Lines of a node's output that show a failure: ERROR-level JSON logs, tracebacks, a failed lifespan."""
+    markers = ('"level": "ERROR"', '"level": "CRITICAL"', "Traceback", "Lifespan errored")
+    return [line for line in node.log().splitlines() if any(marker in line for marker in markers)]
+
+
+# ---------------------------------------------------------------------------------------- job history checks
+
+
+def job_runs(history: list[HistoryRow], name: str) -> list[datetime]:
+    """When each recorded run of job `name` finished (`job_runs.last_run_at` as each write set it)."""
+    return [row.at for row in history if row.source == "job_runs" and row.name == name and row.at is not None]
+
+
+def runs_closer_than(runs: list[datetime], interval: timedelta) -> list[tuple[datetime, datetime]]:
+    """Consecutive runs less than `interval` apart: a job that ran twice in one interval."""
+    return [(earlier, later) for earlier, later in itertools.pairwise(runs) if later - earlier < interval]
+
+
+def lease_overlaps(history: list[HistoryRow]) -> list[str]:
+    """Leases taken while another owner's lease on the same name was still unexpired."""
+    holders: dict[str, HistoryRow] = {}
+    overlaps = []
+    for row in history:
+        if row.source != "leases":
+            continue
+        if row.operation == "DELETE":
+            holders.pop(row.name, None)
+            continue
+        held = holders.get(row.name)
+        if held is not None and held.owner != row.owner and held.at is not None and held.at > row.recorded_at:
+            overlaps.append(f"{row.owner} took {row.name} at {row.recorded_at}; {held.owner} held it until {held.at}")
+        holders[row.name] = row
+    return overlaps

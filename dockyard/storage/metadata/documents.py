@@ -115,14 +115,17 @@ class DocumentRecords(StoreBase):
         with self._write() as connection:
             if create:
                 result = connection.execute(
-                    self._insert_ignore(table).values(
+                    self._insert_ignore(table)
+                    .values(
                         account_id=account_id,
                         region=region,
                         prefix=template.prefix,
                         created_at=template.created_at,
                         **row,
                     )
+                    .returning(table.c.prefix)  # rowcount is -1 for inserts on psycopg: a row back means created
                 )
+                return result.first() is not None
             else:
                 result = connection.execute(
                     update(table)

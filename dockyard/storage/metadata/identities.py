@@ -50,15 +50,17 @@ class IdentityRecords(StoreBase):
     def create_user(self, user: IamUser) -> bool:
         with self._write() as connection:
             result = connection.execute(
-                self._insert_ignore(iam_users).values(
+                self._insert_ignore(iam_users)
+                .values(
                     account_id=user.account_id,
                     user_name=user.user_name,
                     user_id=user.user_id,
                     path=user.path,
                     created_at=user.created_at,
                 )
+                .returning(iam_users.c.user_name)  # rowcount is -1 for inserts on psycopg: a row back means created
             )
-        return result.rowcount > 0
+            return result.first() is not None
 
     def get_user(self, account_id: str, user_name: str) -> IamUser | None:
         query = select(iam_users).where(iam_users.c.account_id == account_id, iam_users.c.user_name == user_name)

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import (
     and_,
     delete,
+    or_,
     select,
     update,
 )
@@ -143,16 +144,22 @@ class OperationRecords(StoreBase):
         return {Digest.parse(d) for d in found}
 
     def try_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
-        """Take the named lease if it is free, expired, or already ours; one transaction decides."""
+        """Take the named lease if it is free, expired, or already ours. Each step is one atomic statement, so
+        of nodes asking at the same moment exactly one gets it and none fails (a read-then-insert raced).
+        RETURNING says whether a row was written: rowcount is -1 for these inserts on psycopg."""
         with self._write() as connection:
-            row = connection.execute(select(leases).where(leases.c.name == name)).first()
-            if row is None:
-                connection.execute(leases.insert().values(name=name, owner=owner, expires_at=until))
+            inserted = connection.execute(
+                self._insert_ignore(leases).values(name=name, owner=owner, expires_at=until).returning(leases.c.name)
+            ).first()
+            if inserted is not None:
                 return True
-            if row.owner != owner and row.expires_at > now:
-                return False
-            connection.execute(update(leases).where(leases.c.name == name).values(owner=owner, expires_at=until))
-            return True
+            taken = connection.execute(
+                update(leases)
+                .where(leases.c.name == name, or_(leases.c.owner == owner, leases.c.expires_at <= now))
+                .values(owner=owner, expires_at=until)
+                .returning(leases.c.name)
+            ).first()
+            return taken is not None
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write() as connection:
