@@ -208,7 +208,7 @@ class Dockyard:
         elif path == "/readyz":
             response = await run_in_threadpool(self._readiness)
         elif path == "/metrics":
-            response = metrics_response()
+            response = await run_in_threadpool(metrics_response, self.services.metadata.work_in_progress)
         else:
             response = JSONResponse({"message": "not found"}, status_code=404)
         await response(scope, receive, send)

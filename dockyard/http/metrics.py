@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.responses import Response
 
 REGISTRY: Final = CollectorRegistry()
@@ -24,5 +25,22 @@ LATENCY: Final = Histogram(
 )
 
 
-def metrics_response() -> Response:
+BYTES_RECEIVED: Final = Counter(
+    "dockyard_blob_bytes_received", "Blob bytes received by uploads (registry door).", registry=REGISTRY
+)
+BYTES_SENT: Final = Counter(
+    "dockyard_blob_bytes_sent", "Blob bytes sent by blob GETs (registry door).", registry=REGISTRY
+)
+UPLOAD_SESSIONS: Final = Gauge(
+    "dockyard_upload_sessions", "Upload sessions open in the metadata store (all nodes).", registry=REGISTRY
+)
+SCAN_QUEUE: Final = Gauge("dockyard_scan_queue_depth", "Image scans waiting or running (all nodes).", registry=REGISTRY)
+
+
+def metrics_response(counts: Callable[[], tuple[int, int]] | None = None) -> Response:
+    """The exposition; `counts` gives (open upload sessions, queued scans), read at scrape time."""
+    if counts is not None:
+        sessions, queued = counts()
+        UPLOAD_SESSIONS.set(sessions)
+        SCAN_QUEUE.set(queued)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -44,7 +44,7 @@ from dockyard.domain.names import (
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
 from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, password_caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
-from dockyard.http.metrics import LATENCY, REQUESTS
+from dockyard.http.metrics import BYTES_RECEIVED, BYTES_SENT, LATENCY, REQUESTS
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 # Bytes handed to a worker thread at a time: large enough that thread hand-offs cost nothing,
@@ -519,6 +519,7 @@ async def receive_into(request: Request, appender: BlobAppender) -> int:
         await run_in_threadpool(appender.abandon)
         raise
     await run_in_threadpool(appender.finish)
+    BYTES_RECEIVED.inc(received)
     return received
 
 
@@ -587,10 +588,12 @@ class BlobResponse(Response):
         whole = self.offset == 0 and self.status_code == 200
         if path is not None and whole and "http.response.pathsend" in scope.get("extensions", {}):
             await send({"type": "http.response.pathsend", "path": path})
+            BYTES_SENT.inc(self.length)
             return
         chunks: Iterator[bytes] = self.registry.blobs.read_blob(self.digest, self.offset, self.length)
         async for chunk in iterate_in_threadpool(chunks):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            BYTES_SENT.inc(len(chunk))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import (
     and_,
     delete,
+    func,
     or_,
     select,
     update,
@@ -25,6 +26,7 @@ from dockyard.storage.metadata.rows import (
 )
 from dockyard.storage.metadata.schema import (
     blobs,
+    image_scans,
     job_runs,
     leases,
     manifest_references,
@@ -84,6 +86,17 @@ class OperationRecords(StoreBase):
         )
         with self._read() as connection:
             return [repository_record(row) for row in connection.execute(query)]
+
+    def work_in_progress(self) -> tuple[int, int]:
+        """(open upload sessions, scans waiting or running), for the metrics endpoint."""
+        with self._read() as connection:
+            sessions = connection.execute(select(func.count()).select_from(uploads)).scalar_one()
+            queued = connection.execute(
+                select(func.count())
+                .select_from(image_scans)
+                .where(image_scans.c.status.in_(("PENDING", "IN_PROGRESS")))
+            ).scalar_one()
+        return int(sessions), int(queued)
 
     def expired_uploads(self, started_before: datetime) -> list[UploadSession]:
         query = select(uploads).where(uploads.c.started_at < started_before)
