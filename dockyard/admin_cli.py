@@ -7,6 +7,8 @@ services the IAM API uses.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -50,9 +52,14 @@ def _accounts(data_dir: Path, database: str | None) -> Accounts:
     return _services(data_dir, database).accounts
 
 
-def _fail(error: DockyardError) -> None:
-    console.print(f"[red]{error.ecr_exception}:[/] {error.message}")
-    raise typer.Exit(1)
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A refused command prints the error's name and message and exits 1 (no stack trace)."""
+    try:
+        yield
+    except DockyardError as error:
+        console.print(f"[red]{error.ecr_exception}:[/] {error.message}")
+        raise typer.Exit(1) from None
 
 
 @account_app.command("create")
@@ -73,10 +80,8 @@ def account_list(data_dir: DataDir = Path("dockyard-data"), database: Database =
 
 @account_app.command("delete")
 def account_delete(account_id: str, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
-    try:
+    with _reported():
         _accounts(data_dir, database).delete_account(account_id)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"account {account_id} deleted")
 
 
@@ -84,10 +89,8 @@ def account_delete(account_id: str, data_dir: DataDir = Path("dockyard-data"), d
 def user_create(
     user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
 ) -> None:
-    try:
+    with _reported():
         user = _accounts(data_dir, database).create_user(account, user_name)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"created {user.arn} ({user.user_id})")
 
 
@@ -103,10 +106,8 @@ def user_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data"),
 def user_delete(
     user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
 ) -> None:
-    try:
+    with _reported():
         _accounts(data_dir, database).delete_user(account, user_name)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"deleted user {user_name}")
 
 
@@ -118,10 +119,8 @@ def key_create(
     database: Database = None,
 ) -> None:
     """Create an access key and print it once as JSON (the secret is never shown again)."""
-    try:
+    with _reported():
         key = _accounts(data_dir, database).create_access_key(account, user)
-    except DockyardError as error:
-        _fail(error)
     record = {
         "AccessKeyId": key.info.access_key_id,
         "SecretAccessKey": key.secret_access_key,
@@ -138,10 +137,8 @@ def key_list(
     data_dir: DataDir = Path("dockyard-data"),
     database: Database = None,
 ) -> None:
-    try:
+    with _reported():
         keys = _accounts(data_dir, database).list_access_keys(account, user)
-    except DockyardError as error:
-        _fail(error)
     for key in keys:
         console.print(f"{key.access_key_id}  created {key.created_at.isoformat()}")
 
@@ -154,10 +151,8 @@ def key_delete(
     data_dir: DataDir = Path("dockyard-data"),
     database: Database = None,
 ) -> None:
-    try:
+    with _reported():
         _accounts(data_dir, database).delete_access_key(account, user, access_key_id)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"deleted access key {access_key_id}")
 
 
@@ -170,10 +165,8 @@ def policy_put(
     data_dir: DataDir = Path("dockyard-data"),
     database: Database = None,
 ) -> None:
-    try:
+    with _reported():
         _accounts(data_dir, database).put_user_policy(account, user_name, policy_name, file.read_text())
-    except DockyardError as error:
-        _fail(error)
     console.print(f"attached {policy_name} to {user_name}")
 
 
@@ -181,10 +174,8 @@ def policy_put(
 def policy_list(
     user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
 ) -> None:
-    try:
+    with _reported():
         names = _accounts(data_dir, database).list_user_policies(account, user_name)
-    except DockyardError as error:
-        _fail(error)
     for name in names:
         console.print(name)
 
@@ -197,10 +188,8 @@ def policy_delete(
     data_dir: DataDir = Path("dockyard-data"),
     database: Database = None,
 ) -> None:
-    try:
+    with _reported():
         _accounts(data_dir, database).delete_user_policy(account, user_name, policy_name)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"detached {policy_name} from {user_name}")
 
 
@@ -213,10 +202,8 @@ def quota_set(
     database: Database = None,
 ) -> None:
     services = _services(data_dir, database)
-    try:
+    with _reported():
         services.repositories.quotas.set(account, name, value)
-    except DockyardError as error:
-        _fail(error)
     console.print(f"{name} = {value} for account {account}")
 
 
