@@ -6,7 +6,10 @@ services the IAM API uses.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,13 +19,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dockyard.config import Settings
+from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.accounts import Accounts
 from dockyard.domain.errors import DockyardError
+from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.master_key import opens_with, reseal_with, sealed_sample
 from dockyard.domain.quotas import DEFAULTS
-from dockyard.server import Services, prepare
+from dockyard.server import Services, load_master_key, prepare, write_private_file
+from dockyard.usage_cli import usage_app
 
-admin_app = typer.Typer(help="Manage accounts, IAM users, access keys, policies and quotas.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Manage accounts, IAM users, access keys, policies, quotas and the master key.", no_args_is_help=True
+)
 account_app = typer.Typer(help="Accounts (12-digit ids).", no_args_is_help=True)
 user_app = typer.Typer(help="IAM users of an account.", no_args_is_help=True)
 key_app = typer.Typer(help="Access keys of a user (or of the account's root user).", no_args_is_help=True)
@@ -34,6 +42,7 @@ for name, sub_app in (
     ("key", key_app),
     ("policy", policy_app),
     ("quota", quota_app),
+    ("usage", usage_app),
 ):
     admin_app.add_typer(sub_app, name=name)
 
@@ -214,3 +223,60 @@ def quota_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data")
     for name, default in sorted(DEFAULTS.items()):
         table.add_row(name, str(quotas.limit(account, name)), str(default))
     console.print(table)
+
+
+@admin_app.command("rotate-master-key")
+def rotate_master_key(
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+    new_key_file: Annotated[
+        Path | None, typer.Option(help="A file holding the new 32-byte key, base64-encoded (default: generate one).")
+    ] = None,
+) -> None:
+    """Re-seal every secret and key under a new master key; no blob or manifest is read or rewritten.
+
+    Stop every node first, run this once, then start every node with the new key: the data directory's
+    master.key is replaced (with DOCKYARD_MASTER_KEY set, the new key is printed to set in its place instead).
+    Outstanding login tokens become invalid. A rotation that stopped half-way is finished by running it again.
+    """
+    data_dir = data_dir.resolve()
+    metadata = _services(data_dir, database).metadata
+    old_key = load_master_key(data_dir)
+    pending = data_dir / "master.key.next"
+    new_key = _new_master_key(pending, new_key_file)
+    if new_key == old_key:
+        console.print("[red]the new master key is the current one[/]")
+        raise typer.Exit(1)
+    if not pending.exists():
+        write_private_file(pending, base64.b64encode(new_key) + b"\n")
+    old, new = SecretBox(old_key), SecretBox(new_key)
+    sample = sealed_sample(metadata)
+    if opens_with(old, sample):
+        report = reseal_with(metadata, old, new)
+        console.print(f"re-sealed {report.secrets} access-key secrets and the material of {report.keys} keys")
+    elif opens_with(new, sample):
+        console.print("the metadata is already sealed with the new key: finishing the rotation")
+    else:
+        console.print("[red]the metadata opens with neither the current nor the pending master key[/]")
+        raise typer.Exit(1)
+    if os.environ.get(MASTER_KEY_ENV):
+        pending.unlink()
+        console.print(f"set {MASTER_KEY_ENV}={base64.b64encode(new_key).decode()} on every node, then start them")
+    else:
+        os.replace(pending, data_dir / "master.key")
+        console.print(f"{data_dir / 'master.key'} now holds the new key; start every node with it")
+
+
+def _new_master_key(pending: Path, new_key_file: Path | None) -> bytes:
+    """The key a half-finished rotation chose, else the one given, else a fresh one."""
+    if pending.exists():
+        source = pending.read_bytes()
+    elif new_key_file is not None:
+        source = new_key_file.read_bytes()
+    else:
+        return secrets.token_bytes(MASTER_KEY_BYTES)
+    key = base64.b64decode(source.strip())
+    if len(key) != MASTER_KEY_BYTES:
+        console.print(f"[red]a master key is {MASTER_KEY_BYTES} bytes, base64-encoded[/]")
+        raise typer.Exit(1)
+    return key

@@ -89,16 +89,24 @@ def serve(
     lifecycle_interval: Annotated[float, typer.Option(help="Seconds between lifecycle sweeps.")] = 86_400.0,
     gc_interval: Annotated[float, typer.Option(help="Seconds between garbage collections.")] = 3_600.0,
     gc_grace: Annotated[float, typer.Option(help="Seconds during which new content is never collected.")] = 3_600.0,
+    job_lease: Annotated[
+        float, typer.Option(min=1.0, help="Seconds a background job's lease lasts (renewed while it runs).")
+    ] = 300.0,
+    job_tick: Annotated[float, typer.Option(min=0.1, help="Seconds between looks for due background jobs.")] = 30.0,
     db_pool_size: Annotated[int, typer.Option(min=1, help="Metadata connections per worker process.")] = 10,
     blob_store: Annotated[
-        str | None, typer.Option(help="s3://BUCKET[/PREFIX] to keep blobs in S3 (default: the data directory).")
+        str | None, typer.Option(help="s3://BUCKET\\[/PREFIX] to keep blobs in S3 (default: the data directory).")
     ] = None,
     s3_endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (any S3-compatible store).")] = None,
     s3_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
     s3_redirect: Annotated[bool, typer.Option(help="Redirect blob GETs to presigned S3 URLs.")] = False,
     encrypt_at_rest: Annotated[
-        bool, typer.Option(help="Envelope-encrypt blobs and manifests (AES-256-GCM) under the master key.")
-    ] = False,
+        bool,
+        typer.Option(
+            help="Envelope-encrypt blobs and manifests of AES256 repositories (AES-256-GCM, data keys wrapped by "
+            "the registry's storage key). KMS repositories are always encrypted under their own key."
+        ),
+    ] = True,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -117,6 +125,8 @@ def serve(
         lifecycle_interval,
         gc_interval,
         gc_grace,
+        job_lease=job_lease,
+        job_tick=job_tick,
         db_pool_size=db_pool_size,
         blob_store=blob_store,
         s3_endpoint_url=s3_endpoint_url,

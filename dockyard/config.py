@@ -28,13 +28,15 @@ class Settings:
     lifecycle_interval: float = 86_400.0  # seconds between lifecycle sweeps (ECR: daily)
     gc_interval: float = 3_600.0  # seconds between garbage collections
     gc_grace: float = 3_600.0  # content younger than this is never collected (uploads in flight)
+    job_lease: float = 300.0  # seconds a background job's lease lasts; renewed every third while the job runs
+    job_tick: float = 30.0  # seconds between the scheduler's looks for due jobs (jittered ±50 %)
     background_jobs: bool = True
     db_pool_size: int = 10  # connections per worker process
     blob_store: str | None = None  # s3://BUCKET[/PREFIX]; None: the data directory
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
-    encrypt_at_rest: bool = False  # envelope-encrypt every blob (AES-256-GCM) under the master key
+    encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
 
     @property
     def database(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,6 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard.config import MASTER_KEY_ENV, Settings
 from dockyard.domain.accounts import Accounts
+from dockyard.domain.clock import utc_now
+from dockyard.domain.encryption import RepositoryKeys
 from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
@@ -27,8 +30,10 @@ from dockyard.domain.names import Digest
 from dockyard.domain.ports import BlobStore
 from dockyard.domain.registries import Registries
 from dockyard.domain.registry_tokens import RegistryTokens
+from dockyard.domain.replication import Replicator
 from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
 from dockyard.domain.tokens import TokenSigner, derive_key
+from dockyard.domain.usage import ROLLUP_INTERVAL, UsageLedger, UsageMeter
 from dockyard.http.aws_json import UnknownOperation, error_response
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
@@ -36,10 +41,12 @@ from dockyard.http.kms_api import KMS_TARGET, KmsDoor
 from dockyard.http.logs import configure_logging, with_request_id
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
+from dockyard.jobs.replication import ReplicationWorker
 from dockyard.jobs.scans import ScanWorker
 from dockyard.jobs.scheduler import Job, Scheduler
+from dockyard.jobs.usage import UsageFlusher
 from dockyard.storage.audit import JsonLinesAudit
-from dockyard.storage.blobs.encrypted import EncryptedBlobStore, MasterKeyProvider
+from dockyard.storage.blobs.domains import KeyDomainStores, StorageDataKeys
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.blobs.s3 import S3BlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
@@ -54,11 +61,17 @@ class Services:
         self.engine = make_engine(settings.database, pool_size=settings.db_pool_size)
         self.metadata = SqlMetadataStore(self.engine)
         master_key = load_master_key(settings.data_dir)
-        self.blobs = make_blob_store(settings, master_key)
         self.box = SecretBox(master_key)
+        self.keys = KeyService(self.metadata, self.box)
+        self.repository_keys = RepositoryKeys(
+            self.keys, lambda account: self.metadata.ensure_account(account, utc_now())
+        )
+        self.blobs = make_blob_stores(settings, self.repository_keys)
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry_tokens = RegistryTokens(TokenSigner(derive_key(master_key, "registry-bearer-token")))
-        self.registry = Registry(self.metadata, self.blobs, create_on_push=settings.create_on_push)
+        self.registry = Registry(
+            self.metadata, self.blobs, create_on_push=settings.create_on_push, repository_keys=self.repository_keys
+        )
         self.repositories = self.registry.repositories
         self.authenticator = Authenticator(self.metadata, self.box)
         self.audit = JsonLinesAudit(settings.data_dir / "audit.log")
@@ -66,32 +79,44 @@ class Services:
         self.accounts = Accounts(self.metadata, self.box)
         self.events = JsonLinesAudit(settings.data_dir / "events.log")
         self.lifecycle = LifecycleRunner(self.registry, (self.audit, self.events))
-        self.keys = KeyService(self.metadata, self.box)
         self.vulnerabilities = VulnerabilityDatabase(self.metadata)
         self.scanner = ImageScanner(self.registry, self.vulnerabilities)
+        self.replicator = Replicator(self.registry, self.authorizer)  # queues replications on push
         self.collector = GarbageCollector(self.metadata, self.blobs, grace=timedelta(seconds=settings.gc_grace))
+        self.meter = UsageMeter()  # this process's transfer and request counts, flushed by UsageFlusher
+        self.usage = UsageLedger(self.metadata)
+
+    def _ensure_account(self, account_id: str) -> None:
+        self.metadata.ensure_account(account_id, utc_now())
 
     def scheduler(self) -> Scheduler:
+        lease = timedelta(seconds=self.settings.job_lease)
         jobs = [
-            Job("lifecycle-sweep", timedelta(seconds=self.settings.lifecycle_interval), self.lifecycle.run_all),
-            Job("garbage-collection", timedelta(seconds=self.settings.gc_interval), self.collector.run),
-            Job("kms-key-rotation", timedelta(days=1), self.keys.rotate_due),
+            Job("lifecycle-sweep", timedelta(seconds=self.settings.lifecycle_interval), self.lifecycle.run_all, lease),
+            Job("garbage-collection", timedelta(seconds=self.settings.gc_interval), self.collector.run, lease),
+            Job("usage-rollup", ROLLUP_INTERVAL, self.usage.roll_up, lease),
+            Job("kms-key-rotation", timedelta(days=1), self.keys.rotate_due, lease),
         ]
-        return Scheduler(self.metadata, jobs)
+        return Scheduler(self.metadata, jobs, tick_seconds=self.settings.job_tick)
 
 
-def make_blob_store(settings: Settings, master_key: bytes) -> BlobStore:
-    """Where blobs live, encrypted when asked: the data directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`)."""
-    store = _raw_blob_store(settings)
-    if settings.encrypt_at_rest:
-        return EncryptedBlobStore(store, MasterKeyProvider(master_key))
-    return store
+def make_blob_stores(settings: Settings, repository_keys: RepositoryKeys) -> KeyDomainStores:
+    """Where blobs live, per key domain: the data directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`).
+
+    The default (AES256) domain is encrypted under the registry-managed storage key unless encryption at rest
+    is turned off; KMS domains always are.
+    """
+    raw = _raw_blob_stores(settings)
+    default_keys = StorageDataKeys(repository_keys) if settings.encrypt_at_rest else None
+    return KeyDomainStores(raw, repository_keys, default_keys)
 
 
-def _raw_blob_store(settings: Settings) -> BlobStore:
-    """The data directory, or an S3 bucket reached with the standard AWS credential chain."""
+def _raw_blob_stores(settings: Settings) -> Callable[[str | None], BlobStore]:
+    """Stores under the data directory, or in an S3 bucket reached with the standard AWS credential chain,
+    by sub-location (None: the root)."""
     if settings.blob_store is None:
-        return FilesystemBlobStore(settings.blob_root)
+        root = settings.blob_root
+        return lambda sub: FilesystemBlobStore(root if sub is None else root / sub)
     location = urlsplit(settings.blob_store)
     if location.scheme != "s3" or not location.netloc:
         raise ValueError(f"--blob-store must be s3://BUCKET[/PREFIX], not {settings.blob_store!r}")
@@ -102,7 +127,10 @@ def _raw_blob_store(settings: Settings) -> BlobStore:
         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
     )
     redirect_seconds = 900 if settings.s3_redirect else 0
-    return S3BlobStore(location.netloc, location.path.strip("/"), client, redirect_seconds)
+    bucket, prefix = location.netloc, location.path.strip("/")
+    return lambda sub: S3BlobStore(
+        bucket, prefix if sub is None else f"{prefix}/{sub}".strip("/"), client, redirect_seconds
+    )
 
 
 def prepare(settings: Settings) -> Services:
@@ -149,6 +177,7 @@ class Dockyard:
             realm=settings.public_url,
             bearer=services.registry_tokens if settings.auth_challenge == "bearer" else None,
             public_accounts=Registries(services.metadata).account_for_alias,
+            meter=services.meter,
         )
 
         self.ecr_door: ASGIApp = EcrDoor(
@@ -222,7 +251,7 @@ class Dockyard:
         except Exception as exc:  # a readiness probe reports any failure, whatever its type
             checks["metadata"] = f"unavailable: {type(exc).__name__}"
         try:
-            self.services.blobs.blob_size(Digest.of(b"dockyard readiness probe"))
+            self.services.blobs.default.blob_size(Digest.of(b"dockyard readiness probe"))
             checks["blobs"] = "ok"
         except Exception as exc:  # likewise
             checks["blobs"] = f"unavailable: {type(exc).__name__}"
@@ -234,17 +263,25 @@ class Dockyard:
         background = self.services.settings.background_jobs
         scheduler = self.services.scheduler() if background else None
         scans = ScanWorker(self.services.scanner) if background else None
+        replication = ReplicationWorker(self.services.replicator) if background else None
+        usage = UsageFlusher(self.services.meter, self.services.metadata)  # every process meters what it serves
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                usage.start()
                 if scheduler is not None and scans is not None:
                     scheduler.start()
                     scans.start()
+                if replication is not None:
+                    replication.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if scheduler is not None and scans is not None:
                     await scheduler.stop()
                     await scans.stop()
+                if replication is not None:
+                    await replication.stop()
+                await usage.stop()  # flushes what this process counted
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from dockyard.domain.clock import Clock, utc_now
+from dockyard.domain.encryption import SYSTEM_ACCOUNT
 from dockyard.domain.errors import DockyardError, ErrorKind
 from dockyard.domain.iam import new_access_key_id, new_secret_access_key
 from dockyard.domain.keys import SecretBox
@@ -66,10 +67,10 @@ class Accounts:
         self.store.ensure_account(check_account(account_id), self.clock())
 
     def list_accounts(self) -> list[str]:
-        return self.store.list_accounts()
+        return [account for account in self.store.list_accounts() if account != SYSTEM_ACCOUNT]
 
     def delete_account(self, account_id: str) -> None:
-        if account_id not in self.store.list_accounts():
+        if account_id not in self.list_accounts():
             raise NoSuchEntity(f"The account {account_id} does not exist.")
         if not self.store.delete_account(account_id):
             raise DeleteConflict(f"Account {account_id} still owns repositories; delete them first.")

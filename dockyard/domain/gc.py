@@ -1,8 +1,10 @@
 """Online garbage collection: no read-only window, a grace period protects work in flight.
 
-Mark and sweep, with the metadata store as the mark: a blob is garbage when no repository links it and no
-manifest is stored under its digest. Each step only touches what is older than the grace period, so an
-upload or a manifest put in progress (whose blobs were linked or written moments ago) is never robbed.
+Mark and sweep, with the metadata store as the mark: a blob stored in a key domain is garbage when no
+repository of that domain links it and none stores a manifest under its digest (each domain is swept on its
+own: a copy under key A is not kept alive by a repository on key B). Each step only touches what is older
+than the grace period, so an upload or a manifest put in progress (whose blobs were linked or written moments
+ago) is never robbed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from itertools import islice
 from typing import Final
 
 from dockyard.domain.clock import Clock, utc_now
-from dockyard.domain.ports import BlobStore, MetadataStore
+from dockyard.domain.encryption import key_domain
+from dockyard.domain.ports import BlobStores, KeyDomain, MetadataStore
 
 log = logging.getLogger("dockyard.gc")
 DEFAULT_GRACE: Final = timedelta(hours=1)
@@ -35,7 +38,7 @@ class GarbageCollector:
     def __init__(
         self,
         metadata: MetadataStore,
-        blobs: BlobStore,
+        blobs: BlobStores,
         clock: Clock = utc_now,
         grace: timedelta = DEFAULT_GRACE,
         upload_ttl: timedelta = DEFAULT_UPLOAD_TTL,
@@ -52,26 +55,33 @@ class GarbageCollector:
         unlinked = blob_rows = 0
         if not dry_run:
             for session in expired:
-                self.blobs.abort_upload(session.id)
+                repository = self.metadata.get_repository_by_id(session.repository_id)
+                domain = KeyDomain() if repository is None else key_domain(repository.settings)
+                self.blobs.store(domain).abort_upload(session.id)
                 self.metadata.delete_upload(session.id)
             unlinked = self.metadata.delete_unreferenced_links(now - self.grace)
             blob_rows = self.metadata.delete_orphan_blob_rows(now - self.grace)
-        deleted, kept = self._sweep(now - self.grace, dry_run)
+        deleted = kept = 0
+        for domain in self.blobs.domains():
+            swept = self._sweep(domain, now - self.grace, dry_run)
+            deleted, kept = deleted + swept[0], kept + swept[1]
         report = GcReport(len(expired), unlinked, blob_rows, deleted, kept)
         log.info("garbage collection: %s", report)
         return report
 
-    def _sweep(self, written_before: datetime, dry_run: bool) -> tuple[int, int]:
-        """Delete stored blobs that the metadata no longer needs and that were written before the grace."""
+    def _sweep(self, domain: KeyDomain, written_before: datetime, dry_run: bool) -> tuple[int, int]:
+        """Delete a domain's stored blobs that its repositories no longer need, written before the grace."""
         deleted = kept = 0
-        candidates = ((d, w) for d, w in self.blobs.stored_blobs() if w < written_before)
+        store = self.blobs.store(domain)
+        candidates = ((d, w) for d, w in store.stored_blobs() if w < written_before)
         while batch := list(islice(candidates, _BATCH)):
-            needed = self.metadata.referenced_digests((d for d, _ in batch), written_before if dry_run else None)
+            before = written_before if dry_run else None
+            needed = self.metadata.referenced_digests((d for d, _ in batch), before, domain)
             for digest, _ in batch:
                 if digest in needed:
                     kept += 1
                     continue
                 if not dry_run:
-                    self.blobs.delete_blob(digest)
+                    store.delete_blob(digest)
                 deleted += 1
         return deleted, kept

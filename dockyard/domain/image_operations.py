@@ -118,6 +118,7 @@ class ImageOperations:
         found, failures = self.resolve(ref, ids)
         images = []
         now = self.registry.clock()
+        repository = self.registry.repository(ref)
         for item in found:
             record = item.row.manifest
             if record.storage_class == "ARCHIVE":
@@ -130,7 +131,7 @@ class ImageOperations:
                     )
                 )
                 continue
-            images.append((item, self.registry.manifest_content(record)))
+            images.append((item, self.registry.manifest_content(repository, record)))
             self.registry.note_pull(ref, record.digest, record.last_pulled_at, now)
         return images, failures
 

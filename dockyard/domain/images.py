@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from dockyard.domain.cache import ByteLru
 from dockyard.domain.clock import Clock, utc_now
+from dockyard.domain.encryption import RepositoryKeys, key_domain
 from dockyard.domain.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -34,6 +35,7 @@ from dockyard.domain.manifests import OCI_INDEX, ParsedManifest, parse_manifest
 from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference
 from dockyard.domain.ports import (
     BlobStore,
+    BlobStores,
     ManifestRecord,
     ManifestReference,
     MetadataStore,
@@ -136,10 +138,11 @@ class Registry:
     def __init__(
         self,
         metadata: MetadataStore,
-        blobs: BlobStore,
+        blobs: BlobStores,
         clock: Clock = utc_now,
         create_on_push: bool = True,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        repository_keys: RepositoryKeys | None = None,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
@@ -149,7 +152,7 @@ class Registry:
         self.manifest_cache = ByteLru(MANIFEST_CACHE_BYTES)
         # Told of every manifest stored, after it is stored (e.g. to queue a scan); must be quick.
         self.push_listeners: list[Callable[[Repository, ParsedManifest], None]] = []
-        self.repositories = Repositories(metadata, clock, create_on_push)
+        self.repositories = Repositories(metadata, clock, create_on_push, repository_keys)
 
     # ----------------------------------------------------------------------------------- repositories
 
@@ -158,6 +161,16 @@ class Registry:
 
     def repository_for_push(self, ref: RepositoryRef) -> Repository:
         return self.repositories.for_push(ref)
+
+    def store_of(self, repository: Repository) -> BlobStore:
+        """Where the repository's content lives: its key domain's store, once its key is known usable."""
+        domain = key_domain(repository.settings)
+        self.blobs.check_usable(domain)
+        return self.blobs.store(domain)
+
+    def blob_store_for(self, ref: RepositoryRef) -> BlobStore:
+        """The store to read a blob of `ref` from (the caller checked the blob is linked to it)."""
+        return self.store_of(self.repository(ref))
 
     def catalog(
         self, account_id: str, region: str, after: str | None, limit: int, visible: Callable[[str], bool]
@@ -194,6 +207,9 @@ class Registry:
         if size is None:
             return False
         repository = self.repository_for_push(target)
+        if key_domain(repository.settings) != key_domain(source_repository.settings):
+            return False  # content never crosses keys: the client uploads it again, encrypted under the target's
+        self.store_of(repository)  # a mount into a repository whose key is disabled is refused like an upload
         self.metadata.link_blob(repository.id, digest, size, self.clock())
         return True
 
@@ -202,13 +218,13 @@ class Registry:
     def start_upload(self, ref: RepositoryRef) -> str:
         repository = self.repository_for_push(ref)
         upload_id = self.new_id()
-        self.blobs.start_upload(upload_id)
+        self.store_of(repository).start_upload(upload_id)
         self.metadata.create_upload(UploadSession(upload_id, repository.id, self.clock()))
         return upload_id
 
     def upload_size(self, ref: RepositoryRef, upload_id: str) -> int:
-        self._session(ref, upload_id)
-        size = self.blobs.upload_size(upload_id)
+        _, repository = self._session(ref, upload_id)
+        size = self.store_of(repository).upload_size(upload_id)
         if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
         return size
@@ -216,9 +232,10 @@ class Registry:
     def begin_append(self, ref: RepositoryRef, upload_id: str, start: int | None) -> BlobAppender:
         """Open the upload for one chunk; `start` is the chunk's first byte when the client said it."""
         self.upload_size(ref, upload_id)  # the session is this repository's and its bytes exist
+        store = self.store_of(self._session(ref, upload_id)[1])
         # One appender per upload at a time: the store's writer is exclusive and the size is read while it is
         # held, so two requests claiming the same Content-Range cannot both pass the check.
-        writer = self.blobs.append_upload(upload_id)
+        writer = store.append_upload(upload_id)
         size = self.upload_size(ref, upload_id)
         if start is not None and start != size:
             writer.close()
@@ -226,44 +243,46 @@ class Registry:
                 f"chunk starts at byte {start} but {size} bytes have been received",
                 detail={"received": size},
             )
-        hasher = self.hashes.take(upload_id, size) or self._rehash(upload_id, "sha256")
+        hasher = self.hashes.take(upload_id, size) or self._rehash(store, upload_id, "sha256")
         return BlobAppender(upload_id, writer, hasher, size, self.hashes)
 
     def complete_upload(self, ref: RepositoryRef, upload_id: str, digest: Digest) -> int:
-        session = self._session(ref, upload_id)
+        session, repository = self._session(ref, upload_id)
+        store = self.store_of(repository)
         size = self.upload_size(ref, upload_id)
         cached = self.hashes.take(upload_id, size)  # always taken: a state left behind would go stale
         hasher = cached if digest.algorithm == "sha256" else None
         if hasher is None:
-            hasher = self._rehash(upload_id, digest.algorithm)
+            hasher = self._rehash(store, upload_id, digest.algorithm)
         if hasher.hexdigest() != digest.hex:
             self.cancel_upload(ref, upload_id)
             raise DigestInvalid(f"uploaded content does not match digest {digest}", detail={"digest": str(digest)})
-        self.blobs.commit_upload(upload_id, digest)
+        store.commit_upload(upload_id, digest)
         self.metadata.link_blob(session.repository_id, digest, size, self.clock())
         self.metadata.delete_upload(upload_id)
         return size
 
     def cancel_upload(self, ref: RepositoryRef, upload_id: str) -> None:
-        self._session(ref, upload_id)
+        _, repository = self._session(ref, upload_id)
         self.hashes.forget(upload_id)
-        self.blobs.abort_upload(upload_id)
+        self.blobs.store(key_domain(repository.settings)).abort_upload(upload_id)  # works whatever the key's state
         self.metadata.delete_upload(upload_id)
 
     def check_declared_size(self, declared: int | None, received: int) -> None:
         if declared is not None and declared != received:
             raise SizeInvalid(f"Content-Length says {declared} bytes but {received} arrived")
 
-    def _session(self, ref: RepositoryRef, upload_id: str) -> UploadSession:
+    def _session(self, ref: RepositoryRef, upload_id: str) -> tuple[UploadSession, Repository]:
         session = self.metadata.get_upload(upload_id)
         repository = self.metadata.get_repository(ref)
         if session is None or repository is None or session.repository_id != repository.id:
             raise BlobUploadUnknown(detail={"upload": upload_id})
-        return session
+        return session, repository
 
-    def _rehash(self, upload_id: str, algorithm: str) -> Any:
+    @staticmethod
+    def _rehash(store: BlobStore, upload_id: str, algorithm: str) -> Any:
         hasher = hashlib.new(algorithm)
-        for chunk in self.blobs.read_upload(upload_id):
+        for chunk in store.read_upload(upload_id):
             hasher.update(chunk)
         return hasher
 
@@ -289,7 +308,7 @@ class Registry:
         if self.metadata.get_manifest(repository.id, manifest.digest) is None:
             count = self.metadata.count_manifests(repository.id)
             self.repositories.quotas.check(repository.ref.account_id, "images-per-repository", count)
-        self.blobs.put_blob(manifest.digest, raw)
+        self.store_of(repository).put_blob(manifest.digest, raw)
         missing = self.metadata.put_manifest(
             repository.id, record, _references(manifest), tags, immutability_guard(repository)
         )
@@ -328,16 +347,21 @@ class Registry:
             if repository is not None:
                 self.metadata.record_pull(repository.id, digest, now)
 
-    def manifest_content(self, record: ManifestRecord) -> bytes:
+    def manifest_content(self, repository: Repository, record: ManifestRecord) -> bytes:
+        store = self.store_of(repository)
         content = self.manifest_cache.get(record.digest)
         if content is None:
-            content = b"".join(self.blobs.read_blob(record.digest))
+            content = b"".join(store.read_blob(record.digest))
             self.manifest_cache.put(record.digest, content)
         return content
 
-    def cached_manifest_content(self, record: ManifestRecord) -> bytes | None:
-        """The manifest's bytes when they are in memory (manifests are immutable: cached by digest)."""
-        return self.manifest_cache.get(record.digest)
+    def cached_manifest_content(self, repository: Repository, record: ManifestRecord) -> bytes | None:
+        """The manifest's bytes when they are in memory (manifests are immutable: cached by digest), once the
+        repository's key is known usable (a disabled key hides cached content too)."""
+        content = self.manifest_cache.get(record.digest)
+        if content is not None:
+            self.blobs.check_usable(key_domain(repository.settings))
+        return content
 
     def delete_manifest(self, ref: RepositoryRef, reference: str) -> None:
         repository = self.repository(ref)
@@ -368,6 +392,68 @@ class Registry:
             "mediaType": OCI_INDEX,
             "manifests": [_referrer_entry(record) for record in records],
         }
+
+    def copy_image(
+        self, source: Repository, digest: Digest, tags: list[str], destination: Repository
+    ) -> PushedManifest:
+        """Put image `digest` of `source` into `destination` under `tags` as a push would, an index's child
+        manifests first (replication). Blobs are linked within one key domain and re-encrypted into the
+        destination's across domains (`copy_blob`). Tags already on the image there are left alone, so a
+        repeated copy changes nothing, even in an immutable repository."""
+        record = self.metadata.get_manifest(source.id, digest)
+        if record is None:
+            raise ManifestUnknown(f"manifest {digest} unknown", detail={"digest": str(digest)})
+        raw = self.manifest_content(source, record)
+        manifest = parse_manifest(raw, record.media_type, digest.algorithm)
+        for child in manifest.children:
+            if self.metadata.get_manifest(destination.id, child.digest) is None:
+                self.copy_image(source, child.digest, [], destination)
+        for reference in _references(manifest):
+            if not reference.is_manifest:  # one the source lacks is reported missing by store_manifest
+                self.copy_blob(source, reference.digest, destination)
+        current = {tag: self.metadata.resolve_tag(destination.id, tag) for tag in tags}
+        new_tags = [tag for tag, found in current.items() if found is None or found.digest != digest]
+        if not new_tags and self.metadata.get_manifest(destination.id, digest) is not None:
+            return PushedManifest(digest, record.subject)  # already there: no second push (nor scan)
+        return self.store_manifest(destination, manifest, raw, new_tags)
+
+    def copy_blob(self, source: Repository, digest: Digest, destination: Repository) -> None:
+        """Give `destination` a blob of `source`: a link within one key domain; across domains the bytes are
+        streamed through a fresh upload into the destination's store (decrypted under the source's key,
+        encrypted under the destination's) and verified against the digest before they are published."""
+        if self.metadata.linked_blob_size(destination.id, digest) is not None:
+            return
+        if self.mount_blob(destination.ref, digest, source.ref):
+            return
+        size = self.metadata.linked_blob_size(source.id, digest)
+        if size is None:
+            return
+        reading, writing = self.store_of(source), self.store_of(destination)
+        upload_id = self.new_id()
+        writing.start_upload(upload_id)
+        self.metadata.create_upload(UploadSession(upload_id, destination.id, self.clock()))  # GC finds leftovers
+        hasher = hashlib.new(digest.algorithm)
+        writer = writing.append_upload(upload_id)
+        try:
+            try:
+                for chunk in reading.read_blob(digest):
+                    hasher.update(chunk)
+                    writer.write(chunk)
+            except BaseException:
+                writer.discard()
+                raise
+            writer.close()
+            if hasher.hexdigest() != digest.hex:
+                raise DigestInvalid(
+                    f"stored content of {digest} does not match its digest", detail={"digest": str(digest)}
+                )
+            writing.commit_upload(upload_id, digest)
+        except BaseException:
+            writing.abort_upload(upload_id)
+            self.metadata.delete_upload(upload_id)
+            raise
+        self.metadata.link_blob(destination.id, digest, size, self.clock())
+        self.metadata.delete_upload(upload_id)
 
     def _record(self, repository: Repository, manifest: ParsedManifest) -> ManifestRecord:
         return ManifestRecord(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -32,6 +33,7 @@ ALIAS_KIND: Final = "kms-alias:"
 _MAGIC: Final = b"DKY1"
 _NONCE: Final = 12
 _ALIAS_PREFIX: Final = "alias/"
+MANAGED_ECR_ALIAS: Final = "alias/aws/ecr"  # the AWS-managed key ECR uses for KMS repositories naming none
 
 
 def _kind(code: str, status: int, message: str) -> ErrorKind:
@@ -115,6 +117,7 @@ class KeyService:
         self.store = store
         self.box = box
         self.clock = clock
+        self.listeners: list[Callable[[str], None]] = []  # told the ARN of every key this process changes
 
     # ------------------------------------------------------------------------------------ keys
 
@@ -140,13 +143,13 @@ class KeyService:
         document = self.store.get_registry_document(account_id, region, KEY_KIND + key_id)
         if document is None:
             raise NotFound(f"Key '{reference}' does not exist")
-        key = _load(document.text)
+        key = load_key(document.text)
         if key.deletion_date is not None and key.deletion_date <= self.clock():
             raise NotFound(f"Key '{key.arn}' was deleted")
         return key
 
     def list_keys(self, account_id: str, region: str) -> list[KmsKey]:
-        keys = [_load(text) for _, text in self.store.list_registry_documents(account_id, region, KEY_KIND)]
+        keys = [load_key(text) for _, text in self.store.list_registry_documents(account_id, region, KEY_KIND)]
         now = self.clock()
         return sorted((k for k in keys if k.deletion_date is None or k.deletion_date > now), key=lambda k: k.key_id)
 
@@ -170,12 +173,12 @@ class KeyService:
         return self._save(replace(key, policy=policy))
 
     def set_rotation(self, key: KmsKey, enabled: bool, period_days: int | None = None) -> KmsKey:
-        usable = self._usable(key)
+        usable = self.check_usable(key)
         return self._save(replace(usable, rotation_enabled=enabled, rotation_period_days=period_days or 365))
 
     def rotate(self, key: KmsKey) -> KmsKey:
         """New material for new ciphertexts; older versions stay to decrypt what they encrypted."""
-        usable = self._usable(key)
+        usable = self.check_usable(key)
         materials = (*usable.materials, self._new_material())
         return self._save(replace(usable, materials=materials, last_rotated_at=self.clock()))
 
@@ -184,12 +187,25 @@ class KeyService:
         now = self.clock()
         rotated = 0
         for _, text in self.store.list_registry_documents(None, None, KEY_KIND):
-            key = _load(text)
+            key = load_key(text)
             since = key.last_rotated_at or key.created_at
             if key.rotation_enabled and key.state == "Enabled" and now - since >= timedelta(key.rotation_period_days):
                 self.rotate(key)
                 rotated += 1
         return rotated
+
+    def managed_key(self, account_id: str, region: str, alias: str) -> KmsKey:
+        """The AWS-managed key behind `alias` (e.g. alias/aws/ecr), created on first use as AWS does.
+
+        Two nodes creating it at once each make a key and the alias ends on one of them; a repository bound
+        to the other keeps working (repositories are bound by key ARN, not by alias).
+        """
+        document = self.store.get_registry_document(account_id, region, ALIAS_KIND + alias)
+        if document is not None:
+            return self.get(account_id, region, document.text)
+        key = self.create_key(account_id, region, f"Default key that protects my {alias.rsplit('/', 1)[-1]} data")
+        self.store.put_registry_document(account_id, region, ALIAS_KIND + alias, key.key_id, self.clock())
+        return key
 
     # ------------------------------------------------------------------------------------ aliases
 
@@ -214,7 +230,7 @@ class KeyService:
         return plaintext, self.encrypt(key, plaintext, context)
 
     def encrypt(self, key: KmsKey, plaintext: bytes, context: dict[str, str]) -> bytes:
-        usable = self._usable(key)
+        usable = self.check_usable(key)
         version = len(usable.materials)
         nonce = os.urandom(_NONCE)
         aead = AESGCM(self._material(usable, version))
@@ -222,23 +238,25 @@ class KeyService:
         return _MAGIC + usable.key_id.encode() + version.to_bytes(2, "big") + nonce + sealed
 
     def decrypt(self, account_id: str, region: str, blob: bytes, context: dict[str, str]) -> tuple[KmsKey, bytes]:
-        if len(blob) < 4 + 36 + 2 + _NONCE + 16 or not blob.startswith(_MAGIC):
-            raise InvalidCiphertext("The ciphertext is not one this service produced")
-        key_id = blob[4:40].decode("ascii", "replace")
+        key = self.check_usable(self.get(account_id, region, _ciphertext_key_id(blob)))
+        return key, self.decrypt_with(key, blob, context)
+
+    def decrypt_with(self, key: KmsKey, blob: bytes, context: dict[str, str]) -> bytes:
+        """Decrypt a ciphertext blob of `key` (already looked up and checked usable by the caller)."""
+        if _ciphertext_key_id(blob) != key.key_id:
+            raise InvalidCiphertext("The ciphertext was not encrypted under this key")
         version = int.from_bytes(blob[40:42], "big")
-        key = self._usable(self.get(account_id, region, key_id))
         if not 1 <= version <= len(key.materials):
             raise InvalidCiphertext("The ciphertext names a key material version that does not exist")
         nonce, sealed = blob[42 : 42 + _NONCE], blob[42 + _NONCE :]
         try:
-            plaintext = AESGCM(self._material(key, version)).decrypt(nonce, sealed, _aad(key.key_id, context))
+            return AESGCM(self._material(key, version)).decrypt(nonce, sealed, _aad(key.key_id, context))
         except InvalidTag:
             raise InvalidCiphertext("The ciphertext or its encryption context is not valid") from None
-        return key, plaintext
 
     # ------------------------------------------------------------------------------------ helpers
 
-    def _usable(self, key: KmsKey) -> KmsKey:
+    def check_usable(self, key: KmsKey) -> KmsKey:
         if key.state == "Disabled":
             raise Disabled(f"{key.arn} is disabled.")
         if key.state == "PendingDeletion":
@@ -266,8 +284,16 @@ class KeyService:
         return bytes.fromhex(self.box.open(key.materials[version - 1]))
 
     def _save(self, key: KmsKey) -> KmsKey:
-        self.store.put_registry_document(key.account_id, key.region, KEY_KIND + key.key_id, _dump(key), self.clock())
+        self.store.put_registry_document(key.account_id, key.region, KEY_KIND + key.key_id, dump_key(key), self.clock())
+        for listener in self.listeners:
+            listener(key.arn)
         return key
+
+
+def _ciphertext_key_id(blob: bytes) -> str:
+    if len(blob) < 4 + 36 + 2 + _NONCE + 16 or not blob.startswith(_MAGIC):
+        raise InvalidCiphertext("The ciphertext is not one this service produced")
+    return blob[4:40].decode("ascii", "replace")
 
 
 def _aad(key_id: str, context: dict[str, str]) -> bytes:
@@ -281,14 +307,14 @@ def _check_policy(text: str) -> None:
         raise MalformedKeyPolicy(error.message) from None
 
 
-def _dump(key: KmsKey) -> str:
+def dump_key(key: KmsKey) -> str:
     data: dict[str, Any] = asdict(key)
     for name in ("created_at", "last_rotated_at", "deletion_date"):
         data[name] = data[name].isoformat() if data[name] else None
     return json.dumps(data)
 
 
-def _load(text: str) -> KmsKey:
+def load_key(text: str) -> KmsKey:
     data = json.loads(text)
     for name in ("created_at", "last_rotated_at", "deletion_date"):
         data[name] = datetime.fromisoformat(data[name]) if data[name] else None

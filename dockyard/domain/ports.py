@@ -128,6 +128,67 @@ class ScanRecord:
 
 
 @dataclass(frozen=True)
+class ReplicationTask:
+    """One queued replication of an image to one destination registry, as a worker claimed it."""
+
+    id: int
+    repository_id: int
+    source: RepositoryRef
+    digest: Digest
+    destination_account: str
+    destination_region: str
+    generation: int  # bumped when the image is pushed again; a stale claim's result is not kept
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ReplicationRecord:
+    """The state of an image's replication to one destination."""
+
+    destination_account: str
+    destination_region: str
+    status: str  # PENDING, IN_PROGRESS, COMPLETE, FAILED
+    failure_code: str | None
+    failure_reason: str | None
+    requested_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageCounter:
+    """What one repository served and received in one hour (added to what other processes counted)."""
+
+    ref: RepositoryRef
+    hour: datetime  # the start of the hour, UTC
+    transfer_bytes: int = 0  # blob and manifest bytes sent by GETs (or redirected to the blob store)
+    pulls: int = 0  # manifest GETs
+    pushes: int = 0  # manifest PUTs
+
+
+@dataclass(frozen=True)
+class StoredBytes:
+    """The bytes a repository stores: its distinct linked blobs plus its manifests."""
+
+    repository_id: int
+    ref: RepositoryRef
+    size: int
+
+
+@dataclass(frozen=True)
+class RepositoryUsage:
+    """One repository's usage over a time range, summed from the hourly samples and counters."""
+
+    region: str
+    name: str
+    storage_byte_hours: int = 0  # the sum of the hourly storage samples
+    sampled_hours: int = 0
+    last_stored_bytes: int = 0  # the latest sample in the range
+    transfer_bytes: int = 0
+    pulls: int = 0
+    pushes: int = 0
+
+
+@dataclass(frozen=True)
 class IamUser:
     account_id: str
     user_name: str
@@ -215,11 +276,46 @@ class BlobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KeyDomain:
+    """Repositories whose content is encrypted under one key and deduplicated together, never across domains.
+
+    `kms_key_arn` None is the registry-managed domain (ECR's AES256); otherwise the customer key (ECR's KMS)
+    that wraps every data key of the domain's blobs and manifests.
+    """
+
+    kms_key_arn: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A stable name safe as a path segment: "default", or "kms-" and the key's id (a UUID)."""
+        if self.kms_key_arn is None:
+            return "default"
+        return "kms-" + self.kms_key_arn.rsplit("/", 1)[-1]
+
+
+class BlobStores(Protocol):
+    """One blob store per key domain: a blob stored in one domain is never read through another."""
+
+    def store(self, domain: KeyDomain) -> BlobStore: ...
+
+    def check_usable(self, domain: KeyDomain) -> None:
+        """Raise the domain error saying why content under this domain's key cannot be read or written now
+        (a disabled or deleted key); return when it can."""
+        ...
+
+    def domains(self) -> list[KeyDomain]:
+        """Every domain that may hold content (the garbage collector sweeps each)."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------- metadata
 
 
 class RepositoryStore(Protocol):
     def get_repository(self, ref: RepositoryRef) -> Repository | None: ...
+
+    def get_repository_by_id(self, repository_id: int) -> Repository | None: ...
 
     def create_repository(
         self, ref: RepositoryRef, now: datetime, settings: RepositorySettings | None = None
@@ -365,6 +461,12 @@ class CredentialStore(Protocol):
 
     def root_credential_ids(self, account_id: str) -> list[str]: ...
 
+    def reseal(
+        self, secret: Callable[[str], str], document_kind_prefix: str, document: Callable[[str], str]
+    ) -> tuple[int, int]:
+        """Rewrite every sealed secret, and the documents of a kind, in one transaction; the counts of each."""
+        ...
+
 
 class LifecycleStore(Protocol):
     def set_storage_class(self, repository_id: int, digest: Digest, storage_class: str, now: datetime) -> None: ...
@@ -385,9 +487,12 @@ class CollectorStore(Protocol):
 
     def delete_orphan_blob_rows(self, created_before: datetime) -> int: ...
 
-    def referenced_digests(self, digests: Iterable[Digest], unlinked_before: datetime | None = None) -> set[Digest]:
+    def referenced_digests(
+        self, digests: Iterable[Digest], unlinked_before: datetime | None = None, domain: KeyDomain | None = None
+    ) -> set[Digest]:
         """Which of `digests` the metadata needs; with `unlinked_before`, as if the collector had just
-        unlinked the unreferenced links and orphan blob rows older than that (a dry run)."""
+        unlinked the unreferenced links and orphan blob rows older than that (a dry run); with `domain`, needed
+        by that key domain's repositories."""
         ...
 
 
@@ -413,10 +518,62 @@ class ScanStore(Protocol):
     def get_scans(self, repository_id: int, digests: Iterable[Digest]) -> dict[Digest, ScanRecord]: ...
 
 
+class ReplicationStore(Protocol):
+    """The replication queue: one task per (image, destination registry), claimed by one worker at a time."""
+
+    def request_replications(
+        self, repository_id: int, digest: Digest, destinations: Iterable[tuple[str, str]], now: datetime
+    ) -> None:
+        """Queue the image for each (account, region); a task already queued or running is requested again."""
+        ...
+
+    def claim_replication(self, owner: str, until: datetime, now: datetime) -> ReplicationTask | None: ...
+
+    def finish_replication(
+        self,
+        task: ReplicationTask,
+        owner: str,
+        status: str,
+        failure_code: str | None,
+        failure_reason: str | None,
+        now: datetime,
+    ) -> None:
+        """Record the outcome of a task `owner` claimed (PENDING puts it back); if the image was requested
+        again meanwhile, the task is queued again instead; if the claim was lost, nothing is recorded."""
+        ...
+
+    def get_replications(self, repository_id: int, digest: Digest) -> list[ReplicationRecord]: ...
+
+
+class UsageStore(Protocol):
+    """Hourly usage: transfer and request counters, storage samples, and their sums for reports."""
+
+    def add_usage(self, counters: Iterable[UsageCounter]) -> None:
+        """Add to each (repository, hour)'s counters, created at zero; concurrent adders never lose a count."""
+        ...
+
+    def repository_storage(self) -> list[StoredBytes]:
+        """What every repository stores now, in one aggregate query."""
+        ...
+
+    def put_storage_samples(self, hour: datetime, samples: Iterable[StoredBytes]) -> None:
+        """Record each repository's sample for `hour`, replacing one recorded earlier in the same hour."""
+        ...
+
+    def usage_totals(self, account_id: str, start: datetime, end: datetime) -> list[RepositoryUsage]:
+        """Per (region, repository name) of the account, the sums over the hours in [start, end); repositories
+        deleted since are included (their samples and counters are kept)."""
+        ...
+
+
 class LeaseStore(Protocol):
     """Leases make background work run on one node at a time; a dead node's lease simply expires."""
 
     def try_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool: ...
+
+    def renew_lease(self, name: str, owner: str, until: datetime) -> bool:
+        """Extend a lease `owner` still holds to `until`; False when it was lost to another owner or released."""
+        ...
 
     def release_lease(self, name: str, owner: str) -> None: ...
 
@@ -468,6 +625,8 @@ class MetadataStore(
     LifecycleStore,
     CollectorStore,
     ScanStore,
+    ReplicationStore,
+    UsageStore,
     LeaseStore,
     Protocol,
 ):

@@ -75,7 +75,8 @@ class Registries:
         except PolicyInvalid as error:
             raise InvalidParameter(f"Invalid registry policy provided: {error.message}") from None
         # Any other action, or a wildcard that covers others, is refused (action names are case-insensitive).
-        stray = [action for action in policy.mentioned_actions() if action.lower() not in REGISTRY_POLICY_ACTIONS]
+        allowed = {action.lower() for action in REGISTRY_POLICY_ACTIONS}
+        stray = [action for action in policy.mentioned_actions() if action.lower() not in allowed]
         if stray:
             raise InvalidParameter(
                 "Invalid registry policy provided: a registry policy can only grant ecr:ReplicateImage, "

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Final
 
 from dockyard.domain.clock import Clock, utc_now
+from dockyard.domain.encryption import RepositoryKeys
 from dockyard.domain.errors import (
     ImageTagAlreadyExists,
     InvalidParameter,
@@ -102,8 +103,15 @@ LIFECYCLE_POLICY: Final = "lifecycle-policy"
 class Repositories:
     """Repository lifecycle, shared by the ECR API and the registry door's create-on-push."""
 
-    def __init__(self, metadata: MetadataStore, clock: Clock = utc_now, create_on_push: bool = True) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        clock: Clock = utc_now,
+        create_on_push: bool = True,
+        keys: RepositoryKeys | None = None,
+    ) -> None:
         self.metadata = metadata
+        self.keys = keys  # binds KMS repositories to their key; None: no key service (KMS settings kept as given)
         self.clock = clock
         self.quotas = Quotas(metadata)
         self.templates = Templates(metadata, clock)
@@ -124,6 +132,8 @@ class Repositories:
         check_repository_name(ref.name) if ref.is_public else check_private_repository_name(ref.name)
         check_settings(settings)
         resource_tags = check_resource_tags(tags)
+        if self.keys is not None:
+            settings = self.keys.bind(ref, settings)
         count = self.metadata.count_repositories(ref.account_id, ref.region)
         self.quotas.check(ref.account_id, "repositories-per-region", count)
         repository, created = self.metadata.create_repository(ref, self.clock(), settings)

@@ -16,6 +16,7 @@ from dockyard.domain.ports import RepositorySettings, Template, TemplateStore
 
 ROOT: Final = "ROOT"
 CREATE_ON_PUSH: Final = "CREATE_ON_PUSH"
+REPLICATION: Final = "REPLICATION"
 _PREFIX_RE: Final = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*/?")
 
 
@@ -54,10 +55,14 @@ class Templates:
 
     def for_push(self, account_id: str, region: str, name: str) -> Template | None:
         """The template that governs creating `name` on push, if one allows it."""
+        return self.applied_for(CREATE_ON_PUSH, account_id, region, name)
+
+    def applied_for(self, use: str, account_id: str, region: str, name: str) -> Template | None:
+        """The template that governs creating `name` for `use` (CREATE_ON_PUSH, REPLICATION), if any."""
         candidates = [
             t
             for t in self.store.list_templates(account_id, region)
-            if CREATE_ON_PUSH in t.document.get("appliedFor", []) and _covers(t.prefix, name)
+            if use in t.document.get("appliedFor", []) and _covers(t.prefix, name)
         ]
         return max(candidates, key=lambda t: -1 if t.prefix == ROOT else len(t.prefix), default=None)
 

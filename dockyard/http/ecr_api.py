@@ -31,6 +31,8 @@ from dockyard.domain.names import PUBLIC_REGION, Digest, RepositoryRef
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
+from dockyard.domain.replication import check_configuration as check_replication
+from dockyard.domain.replication import replication_statuses
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
@@ -411,8 +413,24 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
 
     def put_replication_configuration(self, call: EcrCall) -> dict[str, Any]:
         configuration = _jsonable(call.params["replicationConfiguration"])
+        check_replication(configuration, call.account, call.region)
         self.registries.set_configuration(call.account, call.region, REPLICATION, configuration)
         return {"replicationConfiguration": configuration}
+
+    def describe_image_replication_status(self, call: EcrCall) -> dict[str, Any]:
+        ref = call.ref()
+        image = call.params["imageId"]
+        found = self._guard_repository(call, lambda: self.images.describe(ref, _image_ids([image])))[0]
+        digest = found.manifest.digest
+        statuses = replication_statuses(self.registry.metadata, self.registry.repository(ref).id, digest)
+        return {
+            "repositoryName": ref.name,
+            "imageId": {"imageDigest": str(digest), "imageTag": image.get("imageTag")},
+            "replicationStatuses": [
+                {"region": s.region, "registryId": s.registry_id, "status": s.status, "failureCode": s.failure_code}
+                for s in statuses
+            ],
+        }
 
     def put_registry_scanning_configuration(self, call: EcrCall) -> dict[str, Any]:
         configuration = {"scanType": call.params.get("scanType", "BASIC"), "rules": call.params.get("rules", [])}

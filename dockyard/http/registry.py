@@ -41,7 +41,9 @@ from dockyard.domain.names import (
     check_repository_name,
     registry_from_host,
 )
+from dockyard.domain.ports import BlobStore
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
+from dockyard.domain.usage import UsageMeter
 from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, password_caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.metrics import BYTES_RECEIVED, BYTES_SENT, LATENCY, REQUESTS
@@ -109,8 +111,10 @@ class RegistryDoor:
         realm: str,
         bearer: RegistryTokens | None = None,
         public_accounts: Callable[[str], str | None] = lambda alias: None,
+        meter: UsageMeter | None = None,
     ) -> None:
         self.registry = registry
+        self.meter = meter  # counts bytes sent, pulls and pushes per repository (usage reports)
         self.authenticator = authenticator
         self.login_tokens = login_tokens
         self.authorizer = authorizer
@@ -322,14 +326,21 @@ class RegistryDoor:
         if head:
             length = size if byte_range is None else byte_range[1] - byte_range[0] + 1
             return _head_response(200 if byte_range is None else 206, length, headers, byte_range, size)
+        store = await run_in_threadpool(self.registry.blob_store_for, call.ref)
         if byte_range is None:
-            redirect = self.registry.blobs.redirect_url(digest)
+            redirect = store.redirect_url(digest)
             if redirect is not None:
+                if self.meter is not None:  # the bytes leave the blob store on the registry's account
+                    self.meter.sent(call.ref, size)
                 return Response(status_code=307, headers={"Location": redirect, **headers, "Content-Length": "0"})
-            return BlobResponse(self.registry, digest, 0, size, headers, 200)
+            return BlobResponse(store, digest, 0, size, headers, 200, self._sent_meter(call))
         start, end = byte_range
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return BlobResponse(self.registry, digest, start, end - start + 1, headers, 206)
+        return BlobResponse(store, digest, start, end - start + 1, headers, 206, self._sent_meter(call))
+
+    def _sent_meter(self, call: Call) -> Callable[[int], None] | None:
+        meter, ref = self.meter, call.ref
+        return None if meter is None else lambda size: meter.sent(ref, size)
 
     async def delete_blob(self, call: Call) -> Response:
         self.authorize(call, "ecr:BatchDeleteImage")
@@ -448,12 +459,15 @@ class RegistryDoor:
         if call.request.method == "HEAD":
             headers["Content-Length"] = str(record.size)
             return Response(status_code=200, headers=headers, media_type=record.media_type)
-        content = self.registry.cached_manifest_content(record)
+        repository = self.registry.repository(call.ref)
+        content = self.registry.cached_manifest_content(repository, record)
         if content is None:
-            content = await run_in_threadpool(self.registry.manifest_content, record)
+            content = await run_in_threadpool(self.registry.manifest_content, repository, record)
         now = self.registry.clock()
         if self.registry.pull_needs_recording(record.last_pulled_at, now):
             await run_in_threadpool(self.registry.note_pull, call.ref, record.digest, record.last_pulled_at, now)
+        if self.meter is not None:
+            self.meter.pulled(call.ref, len(content))
         return Response(content, status_code=200, headers=headers, media_type=record.media_type)
 
     async def put_manifest(self, call: Call) -> Response:
@@ -466,6 +480,8 @@ class RegistryDoor:
             raw,
             call.request.headers.get("content-type"),
         )
+        if self.meter is not None:
+            self.meter.pushed(call.ref)
         response = _created(call.path_name, "manifests", pushed.digest)
         if pushed.subject is not None:
             response.headers["OCI-Subject"] = str(pushed.subject)
@@ -568,33 +584,42 @@ class BlobResponse(Response):
 
     def __init__(
         self,
-        registry: Registry,
+        store: BlobStore,
         digest: Digest,
         offset: int,
         length: int,
         headers: dict[str, str],
         status: int,
+        on_sent: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(status_code=status, headers=headers, media_type="application/octet-stream")
         self.headers["content-length"] = str(length)
-        self.registry = registry
+        self.store = store
         self.digest = digest
         self.offset = offset
         self.length = length
+        self.on_sent = on_sent  # told the bytes sent once the response ends (also when the client went away)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        path = self.registry.blobs.local_path(self.digest)
-        whole = self.offset == 0 and self.status_code == 200
-        if path is not None and whole and "http.response.pathsend" in scope.get("extensions", {}):
-            await send({"type": "http.response.pathsend", "path": path})
-            BYTES_SENT.inc(self.length)
-            return
-        chunks: Iterator[bytes] = self.registry.blobs.read_blob(self.digest, self.offset, self.length)
-        async for chunk in iterate_in_threadpool(chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            BYTES_SENT.inc(len(chunk))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        sent = 0
+        try:
+            path = self.store.local_path(self.digest)
+            whole = self.offset == 0 and self.status_code == 200
+            if path is not None and whole and "http.response.pathsend" in scope.get("extensions", {}):
+                await send({"type": "http.response.pathsend", "path": path})
+                sent = self.length
+                BYTES_SENT.inc(self.length)
+                return
+            chunks: Iterator[bytes] = self.store.read_blob(self.digest, self.offset, self.length)
+            async for chunk in iterate_in_threadpool(chunks):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+                BYTES_SENT.inc(len(chunk))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if self.on_sent is not None and sent:
+                self.on_sent(sent)
 
 
 def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -227,15 +227,17 @@ class ImageScanner:
 
     def scan_image(self, repository_id: int, digest: Digest) -> ScanFindings:
         record = self.metadata.get_manifest(repository_id, digest)
-        if record is None:
+        repository = self.metadata.get_repository_by_id(repository_id)
+        if record is None or repository is None:
             raise ScanFailed("the image no longer exists", detail="unsupported")
-        manifest = parse_manifest(self.registry.manifest_content(record), record.media_type)
+        store = self.registry.store_of(repository)
+        manifest = parse_manifest(self.registry.manifest_content(repository, record), record.media_type)
         if manifest.is_index:
             raise ScanFailed("Image lists are not scanned; scan each image of the list.", detail="unsupported")
         layers = [d for d in manifest.blobs[1:] if any(hint in d.media_type for hint in _LAYER_HINTS)]
         if not layers:
             raise ScanFailed(f"{manifest.config_media_type} artifacts have no layers to scan", detail="unsupported")
-        streams = (io.BufferedReader(IteratorReader(self.registry.blobs.read_blob(d.digest)), 1 << 20) for d in layers)
+        streams = (io.BufferedReader(IteratorReader(store.read_blob(d.digest)), 1 << 20) for d in layers)
         return self.scan_layers(streams)
 
     def scan_layers(self, layers: Iterable[IO[bytes]]) -> ScanFindings:

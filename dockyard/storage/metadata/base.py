@@ -33,9 +33,13 @@ class StoreBase:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A connection for one read. On SQLite a single SELECT runs without an explicit transaction."""
+        """A connection for one read, without BEGIN/ROLLBACK round trips: each SELECT is atomic by itself
+        (on PostgreSQL autocommit, the same snapshot rule as READ COMMITTED's per-statement snapshots)."""
         with self.engine.connect() as connection:
-            yield connection.execution_options(single_read=True)
+            if self._dialect == "postgresql":
+                yield connection.execution_options(isolation_level="AUTOCOMMIT", single_read=True)
+            else:
+                yield connection.execution_options(single_read=True)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

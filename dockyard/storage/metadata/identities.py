@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 
 from dockyard.domain.ports import (
@@ -144,6 +146,32 @@ class IdentityRecords(StoreBase):
                     created_at=now,
                 )
             )
+
+    def reseal(
+        self, secret: Callable[[str], str], document_kind_prefix: str, document: Callable[[str], str]
+    ) -> tuple[int, int]:
+        """Rewrite every sealed credential secret with `secret` and every registry document whose kind starts
+        with `document_kind_prefix` with `document`, in one transaction: all or nothing is re-sealed."""
+        table = registry_documents
+        with self._write() as connection:
+            rows = connection.execute(select(credentials.c.access_key_id, credentials.c.sealed_secret)).all()
+            for row in rows:
+                connection.execute(
+                    update(credentials)
+                    .where(credentials.c.access_key_id == row.access_key_id)
+                    .values(sealed_secret=secret(row.sealed_secret))
+                )
+            keys = (table.c.account_id, table.c.region, table.c.kind, table.c.text)
+            documents = connection.execute(
+                select(*keys).where(table.c.kind.startswith(document_kind_prefix, autoescape=True))
+            ).all()
+            for doc in documents:
+                connection.execute(
+                    update(table)
+                    .where(table.c.account_id == doc.account_id, table.c.region == doc.region, table.c.kind == doc.kind)
+                    .values(text=document(doc.text))
+                )
+        return len(rows), len(documents)
 
     def root_credential_ids(self, account_id: str) -> list[str]:
         query = select(credentials.c.access_key_id).where(

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import (
+    ColumnElement,
     and_,
     delete,
     func,
@@ -14,8 +15,10 @@ from sqlalchemy import (
     update,
 )
 
+from dockyard.domain.encryption import KMS_TYPES
 from dockyard.domain.names import Digest
 from dockyard.domain.ports import (
+    KeyDomain,
     LifecycleRow,
     Repository,
     UploadSession,
@@ -125,35 +128,51 @@ class OperationRecords(StoreBase):
             result = connection.execute(delete(blobs).where(blobs.c.created_at < created_before, ~linked))
         return result.rowcount
 
-    def referenced_digests(self, digests: Iterable[Digest], unlinked_before: datetime | None = None) -> set[Digest]:
+    def referenced_digests(
+        self, digests: Iterable[Digest], unlinked_before: datetime | None = None, domain: KeyDomain | None = None
+    ) -> set[Digest]:
         """Which of `digests` the metadata still needs: known blobs or manifest contents of any repository.
 
         With `unlinked_before` (a dry run), blob rows count only where they would survive
-        `delete_unreferenced_links` and `delete_orphan_blob_rows` with that time.
+        `delete_unreferenced_links` and `delete_orphan_blob_rows` with that time. With `domain`, only links and
+        manifests of that key domain's repositories count (a blob row alone says nothing about which domains
+        hold a copy).
         """
         wanted = [str(d) for d in digests]
-        known = select(blobs.c.digest).where(blobs.c.digest.in_(wanted))
-        if unlinked_before is not None:
-            referenced = (
-                select(manifest_references.c.child_digest)
-                .where(
-                    manifest_references.c.repository_id == repository_blobs.c.repository_id,
-                    manifest_references.c.child_digest == repository_blobs.c.digest,
-                )
-                .exists()
+        referenced = (
+            select(manifest_references.c.child_digest)
+            .where(
+                manifest_references.c.repository_id == repository_blobs.c.repository_id,
+                manifest_references.c.child_digest == repository_blobs.c.digest,
             )
-            kept_link = (
+            .exists()
+        )
+        contents = select(manifests.c.digest).where(manifests.c.digest.in_(wanted))
+        if domain is None:
+            known = select(blobs.c.digest).where(blobs.c.digest.in_(wanted))
+            if unlinked_before is not None:
+                kept_link = (
+                    select(repository_blobs.c.digest)
+                    .where(
+                        repository_blobs.c.digest == blobs.c.digest,
+                        (repository_blobs.c.linked_at >= unlinked_before) | referenced,
+                    )
+                    .exists()
+                )
+                known = known.where(kept_link | (blobs.c.created_at >= unlinked_before))
+        else:
+            in_domain = _in_domain(domain)
+            known = (
                 select(repository_blobs.c.digest)
-                .where(
-                    repository_blobs.c.digest == blobs.c.digest,
-                    (repository_blobs.c.linked_at >= unlinked_before) | referenced,
-                )
-                .exists()
+                .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+                .where(repository_blobs.c.digest.in_(wanted), in_domain)
             )
-            known = known.where(kept_link | (blobs.c.created_at >= unlinked_before))
+            if unlinked_before is not None:
+                known = known.where((repository_blobs.c.linked_at >= unlinked_before) | referenced)
+            contents = contents.join(repositories, repositories.c.id == manifests.c.repository_id).where(in_domain)
         with self._read() as connection:
             found = set(connection.execute(known).scalars())
-            found |= set(connection.execute(select(manifests.c.digest).where(manifests.c.digest.in_(wanted))).scalars())
+            found |= set(connection.execute(contents).scalars())
         return {Digest.parse(d) for d in found}
 
     def try_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
@@ -173,6 +192,19 @@ class OperationRecords(StoreBase):
                 .returning(leases.c.name)
             ).first()
             return taken is not None
+
+    def renew_lease(self, name: str, owner: str, until: datetime) -> bool:
+        """Extend the named lease to `until` if `owner` still holds it, in one atomic UPDATE; False when it is
+        lost (taken over or gone). A lease past its expiry that no node took is still `owner`'s: nobody ran
+        the job meanwhile, so renewing it is safe."""
+        with self._write() as connection:
+            renewed = connection.execute(
+                update(leases)
+                .where(leases.c.name == name, leases.c.owner == owner)
+                .values(expires_at=until)
+                .returning(leases.c.name)
+            ).first()
+            return renewed is not None
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write() as connection:
@@ -195,3 +227,11 @@ class OperationRecords(StoreBase):
 
     def set_job_last_run(self, name: str, when: datetime) -> None:
         self._upsert(job_runs, {"name": name}, {"last_run_at": when})
+
+
+def _in_domain(domain: KeyDomain) -> ColumnElement[bool]:
+    """Repositories whose content lives in `domain` (as `dockyard.domain.encryption.key_domain` decides)."""
+    kms = repositories.c.encryption_type.in_(sorted(KMS_TYPES)) & repositories.c.kms_key.is_not(None)
+    if domain.kms_key_arn is None:
+        return ~kms
+    return kms & (repositories.c.kms_key == domain.kms_key_arn)

@@ -49,6 +49,11 @@ class RepositoryRecords(StoreBase):
             ).first()
         return None if row is None else repository_record(row)
 
+    def get_repository_by_id(self, repository_id: int) -> Repository | None:
+        with self._read() as connection:
+            row = connection.execute(select(repositories).where(repositories.c.id == repository_id)).first()
+        return None if row is None else repository_record(row)
+
     def create_repository(
         self, ref: RepositoryRef, now: datetime, settings: RepositorySettings | None = None
     ) -> tuple[Repository, bool]:

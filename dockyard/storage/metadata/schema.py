@@ -278,6 +278,55 @@ image_scans = Table(
     Index("ix_image_scans_status", "status"),
 )
 
+replication_tasks = Table(
+    "replication_tasks",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("digest", DIGEST, nullable=False),
+    Column("destination_account", String(12), nullable=False),
+    Column("destination_region", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failure_code", String(64), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claim_expires_at", UTCDateTime(), nullable=True),
+    UniqueConstraint(
+        "repository_id", "digest", "destination_account", "destination_region", name="uq_replication_tasks_target"
+    ),
+    Index("ix_replication_tasks_status", "status", "requested_at"),
+    sqlite_autoincrement=True,
+)
+
+# Usage is kept by name, not by a foreign key: bills are historical, rows outlive their repository.
+usage_counters = Table(
+    "usage_counters",
+    metadata_obj,
+    Column("account_id", String(12), primary_key=True),
+    Column("hour", UTCDateTime(), primary_key=True),
+    Column("region", String(32), primary_key=True),
+    Column("repository", _ordered_text(256), primary_key=True),
+    Column("transfer_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("pulls", BigInteger, nullable=False, server_default="0"),
+    Column("pushes", BigInteger, nullable=False, server_default="0"),
+)
+
+storage_samples = Table(
+    "storage_samples",
+    metadata_obj,
+    Column("repository_id", Integer, primary_key=True, autoincrement=False),  # ids are never reused
+    Column("hour", UTCDateTime(), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("repository", _ordered_text(256), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Index("ix_storage_samples_account_hour", "account_id", "hour"),
+)
+
 uploads = Table(
     "uploads",
     metadata_obj,

@@ -23,6 +23,9 @@ Schema (owned here; Alembic migrations in storage/migrations mirror it):
     vulnerabilities      OSV advisories (the record's JSON), vulnerability_packages indexes them by
                          (ecosystem, package name); vulnerability_sources records each import
     image_scans          one scan per (repository, image): status, findings, the scan queue's claims
+    replication_tasks    one per (image, destination registry): the replication queue, its claims and outcome
+    usage_counters       per (account, hour, region, repository name): bytes sent, pulls, pushes
+    storage_samples      per (repository, hour): the bytes it stored (with its name: kept after deletion)
 
 Every method returns the frozen value objects of `dockyard.domain.ports`.
 """
@@ -33,11 +36,20 @@ from dockyard.storage.metadata.content import ContentRecords
 from dockyard.storage.metadata.documents import DocumentRecords
 from dockyard.storage.metadata.identities import IdentityRecords
 from dockyard.storage.metadata.operations import OperationRecords
+from dockyard.storage.metadata.replication import ReplicationRecords
 from dockyard.storage.metadata.repositories import RepositoryRecords
 from dockyard.storage.metadata.scans import ScanRecords
+from dockyard.storage.metadata.usage import UsageRecords
 
 
 class SqlMetadataStore(
-    RepositoryRecords, ContentRecords, DocumentRecords, OperationRecords, ScanRecords, IdentityRecords
+    RepositoryRecords,
+    ContentRecords,
+    DocumentRecords,
+    OperationRecords,
+    ScanRecords,
+    ReplicationRecords,
+    UsageRecords,
+    IdentityRecords,
 ):
     """Implements every metadata protocol of `dockyard.domain.ports` over one SQLAlchemy engine."""

@@ -99,7 +99,7 @@ def seed(data_dir: Path) -> tuple[frozenset[str], dict[str, tuple[str, ...]]]:
     pushed_at = datetime.now(UTC)
     for position, ((manifest, raw), count) in enumerate(zip(parsed, tag_counts(IMAGES), strict=True)):
         digest = str(manifest.digest)
-        services.blobs.put_blob(manifest.digest, raw)
+        services.blobs.default.put_blob(manifest.digest, raw)
         names_of = tuple(f"p{position}-t{k}" for k in range(count))
         images[digest] = names_of
         manifest_rows.append(

@@ -10,12 +10,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.api.ecr.helpers import INVALID_PARAMETER_RE, REGION, error_code, put_api_image, repository_arn
-from tests.support.server import ACCOUNT_ID, ServerProcess
+from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
 
 
 def near_now(moment: datetime, slack: timedelta = timedelta(minutes=2)) -> bool:
@@ -34,6 +35,16 @@ def raises(code: str, call: Any, **params: Any) -> ClientError:
 
 
 def test_create_repository_echoes_every_setting(ecr: Any, repo: str, ecr_server: ServerProcess) -> None:
+    kms = boto3.client(
+        "kms",
+        endpoint_url=ecr_server.url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
+    key = kms.create_key()["KeyMetadata"]
+    alias = f"alias/dockyard-test-{uuid.uuid4().hex[:8]}"
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
     created = ecr.create_repository(
         repositoryName=repo,
         tags=[{"Key": "team", "Value": "platform"}, {"Key": "cost-centre", "Value": ""}],
@@ -43,7 +54,7 @@ def test_create_repository_echoes_every_setting(ecr: Any, repo: str, ecr_server:
             {"filterType": "WILDCARD", "filter": "dev-*"},
         ],
         imageScanningConfiguration={"scanOnPush": True},
-        encryptionConfiguration={"encryptionType": "KMS", "kmsKey": "alias/dockyard-test"},
+        encryptionConfiguration={"encryptionType": "KMS", "kmsKey": alias},
     )["repository"]
 
     assert created["repositoryName"] == repo
@@ -57,7 +68,7 @@ def test_create_repository_echoes_every_setting(ecr: Any, repo: str, ecr_server:
         {"filterType": "WILDCARD", "filter": "dev-*"},
     ]
     assert created["imageScanningConfiguration"] == {"scanOnPush": True}
-    assert created["encryptionConfiguration"] == {"encryptionType": "KMS", "kmsKey": "alias/dockyard-test"}
+    assert created["encryptionConfiguration"] == {"encryptionType": "KMS", "kmsKey": key["Arn"]}  # resolved
 
     described = ecr.describe_repositories(repositoryNames=[repo])["repositories"]
     assert described == [created]

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from dockyard.domain.names import Digest, RepositoryRef
-from dockyard.domain.ports import ManifestRecord, ManifestReference, Repository, UploadSession
+from dockyard.domain.ports import (
+    KeyDomain,
+    ManifestRecord,
+    ManifestReference,
+    Repository,
+    RepositorySettings,
+    UploadSession,
+)
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
 from tests.support.databases import postgres_url, sqlite_url
@@ -276,3 +283,32 @@ def test_deleted_referrer_is_no_longer_listed(store: SqlMetadataStore) -> None:
     put(store, repository, signature)
     store.delete_manifest(repository.id, signature.digest)
     assert store.list_referrers(repository.id, L3, None) == []
+
+
+# ------------------------------------------------------------------------------------------ key domains
+
+
+def test_referenced_digests_counts_only_the_key_domains_own_repositories(store: SqlMetadataStore) -> None:
+    """A blob linked by an AES256 repository does not keep the copy under a KMS key alive, and vice versa."""
+    arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b0e7a55-1111-4222-8333-944455556666"
+    plain = repo(store, "plain/app")
+    keyed, _ = store.create_repository(
+        RepositoryRef(ACCOUNT, REGION, "keyed/app"), T0, RepositorySettings(encryption_type="KMS", kms_key=arn)
+    )
+    link(store, plain, L1)
+    link(store, keyed, L2)
+    manifest = record("kms-manifest")
+    link(store, keyed, L1)
+    assert store.put_manifest(keyed.id, manifest, blob_refs(L1), ["v1"]) == []
+    store.unlink_blob(keyed.id, L1)  # still referenced by the manifest, so still needed in the KMS domain
+
+    wanted = [L1, L2, L3, manifest.digest]
+    assert store.referenced_digests(wanted) == {L1, L2, manifest.digest}  # any domain
+    assert store.referenced_digests(wanted, domain=KeyDomain()) == {L1}
+    assert store.referenced_digests(wanted, domain=KeyDomain(arn)) == {L2, manifest.digest}
+    other = KeyDomain(arn.replace("0b0e7a55", "1c1f8b66"))
+    assert store.referenced_digests(wanted, domain=other) == set()
+    # A dry run (links older than the cutoff that no manifest lists would go) sees the same per domain.
+    later = T0 + timedelta(hours=1)
+    assert store.referenced_digests(wanted, later, KeyDomain(arn)) == {manifest.digest}
+    assert store.referenced_digests(wanted, later, KeyDomain()) == set()
