@@ -58,21 +58,10 @@ def make_random_file(path: Path, size: int, block: int = 16 * MIB) -> str:
 
 
 def start_dockyard(workdir: Path, creds: servers.Credentials, flag: str) -> servers.Server:
-    """`dockyard serve` as servers.start_dockyard runs it, plus the encryption flag."""
-    port = servers.free_port()
-    data_dir = workdir / "data"
-    data_dir.mkdir(parents=True)
-    command = [
-        *servers._dockyard_command(),
-        "serve",
-        *("--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--workers", "1"),
-        flag,
-    ]
-    env = dict(os.environ)
-    env.pop("DOCKYARD_MASTER_KEY", None)  # each server makes its own key in its data directory
-    env["DOCKYARD_ROOT_ACCESS_KEY_ID"] = creds.key_id
-    env["DOCKYARD_ROOT_SECRET_ACCESS_KEY"] = creds.secret
-    return servers._spawn(f"dockyard {flag}", command, workdir, port, env)
+    """`dockyard serve` as servers.start_dockyard runs it, plus the encryption flag; each server makes its own
+    master key in its data directory."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return servers.start_dockyard(workdir, creds, 1, (flag,), {"DOCKYARD_MASTER_KEY": None}, f"dockyard {flag}")
 
 
 @dataclass(frozen=True)

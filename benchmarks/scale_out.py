@@ -212,21 +212,16 @@ def node_environment(fleet: Fleet) -> dict[str, str]:
 
 def start_node(fleet: Fleet, workdir: Path, workers: int) -> servers.Server:
     workdir.mkdir(parents=True)
-    port = servers.free_port()
-    command = [
-        *servers._dockyard_command(),
-        "serve",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--data-dir", str(workdir / "data"),
+    flags = [
         "--default-account", ACCOUNT,
-        "--workers", str(workers),
         "--database", fleet.database_url,
         "--blob-store", f"s3://{fleet.bucket}/{S3_PREFIX}",
         "--s3-endpoint-url", fleet.found.s3_endpoint,
         "--s3-region", fleet.found.s3_region,
     ]  # fmt: skip
-    return servers._spawn(f"dockyard {workdir.name}", command, workdir, port, node_environment(fleet))
+    environment: dict[str, str | None] = {**node_environment(fleet)}
+    cleared = {key: None for key in os.environ if key not in environment}  # the node sees exactly `environment`
+    return servers.start_dockyard(workdir, None, workers, flags, cleared | environment, f"dockyard {workdir.name}")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,16 +139,31 @@ def start_distribution(workdir: Path) -> Server:
     return _spawn("distribution", [DISTRIBUTION_BIN, "serve", str(config)], workdir, port, dict(os.environ))
 
 
-def start_dockyard(workdir: Path, creds: Credentials, workers: int = 1) -> Server:
+def start_dockyard(
+    workdir: Path,
+    creds: Credentials | None,
+    workers: int = 1,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str | None] | None = None,
+    name: str = "dockyard",
+) -> Server:
+    """`dockyard serve` on a free port with its data directory in `workdir`; `extra_args` are more serve flags,
+    `env` overrides the environment (None removes a variable)."""
     port = free_port()
     data_dir = workdir / "data"
-    data_dir.mkdir()
+    data_dir.mkdir(parents=True, exist_ok=True)
     listen = ["--host", "127.0.0.1", "--port", str(port)]
     cmd = [*_dockyard_command(), "serve", *listen, "--data-dir", str(data_dir), "--workers", str(workers)]
-    env = dict(os.environ)
-    env["DOCKYARD_ROOT_ACCESS_KEY_ID"] = creds.key_id
-    env["DOCKYARD_ROOT_SECRET_ACCESS_KEY"] = creds.secret
-    return _spawn("dockyard", cmd, workdir, port, env)
+    environment = dict(os.environ)
+    if creds is not None:
+        environment["DOCKYARD_ROOT_ACCESS_KEY_ID"] = creds.key_id
+        environment["DOCKYARD_ROOT_SECRET_ACCESS_KEY"] = creds.secret
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    return _spawn(name, [*cmd, *extra_args], workdir, port, environment)
 
 
 def wait_ready(server: Server, authorization: str, timeout: float = READY_TIMEOUT_S) -> None:

@@ -100,6 +100,13 @@ def serve(
     s3_endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (any S3-compatible store).")] = None,
     s3_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
     s3_redirect: Annotated[bool, typer.Option(help="Redirect blob GETs to presigned S3 URLs.")] = False,
+    kms_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An external KMS (e.g. https://kms.us-east-1.amazonaws.com) for KMS repositories' keys, reached "
+            "with the standard AWS credential chain (default: the built-in key service)."
+        ),
+    ] = None,
     encrypt_at_rest: Annotated[
         bool,
         typer.Option(
@@ -133,6 +140,7 @@ def serve(
         s3_region=s3_region,
         s3_redirect=s3_redirect,
         encrypt_at_rest=encrypt_at_rest,
+        kms_endpoint_url=kms_endpoint_url,
     )
     services = prepare(settings)
     try:

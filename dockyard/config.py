@@ -36,6 +36,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
+    kms_endpoint_url: str | None = None  # an external KMS for KMS repositories' keys; None: the built-in one
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
 
     @property

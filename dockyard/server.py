@@ -46,6 +46,7 @@ from dockyard.jobs.scans import ScanWorker
 from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.jobs.usage import UsageFlusher
 from dockyard.storage.audit import JsonLinesAudit
+from dockyard.storage.aws_kms import AwsKmsKeys
 from dockyard.storage.blobs.domains import KeyDomainStores, StorageDataKeys
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.blobs.s3 import S3BlobStore
@@ -63,9 +64,7 @@ class Services:
         master_key = load_master_key(settings.data_dir)
         self.box = SecretBox(master_key)
         self.keys = KeyService(self.metadata, self.box)
-        self.repository_keys = RepositoryKeys(
-            self.keys, lambda account: self.metadata.ensure_account(account, utc_now())
-        )
+        self.repository_keys = RepositoryKeys(self.keys, self._ensure_account, external_kms(settings))
         self.blobs = make_blob_stores(settings, self.repository_keys)
         self.login_tokens = LoginTokens(TokenSigner(derive_key(master_key, "ecr-login-token")), self.metadata)
         self.registry_tokens = RegistryTokens(TokenSigner(derive_key(master_key, "registry-bearer-token")))
@@ -109,6 +108,15 @@ def make_blob_stores(settings: Settings, repository_keys: RepositoryKeys) -> Key
     raw = _raw_blob_stores(settings)
     default_keys = StorageDataKeys(repository_keys) if settings.encrypt_at_rest else None
     return KeyDomainStores(raw, repository_keys, default_keys)
+
+
+def external_kms(settings: Settings) -> AwsKmsKeys | None:
+    """Customer keys in the KMS at `--kms-endpoint-url`, reached with the standard AWS credential chain."""
+    url = settings.kms_endpoint_url
+    if url is None:
+        return None
+    config = BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=10)
+    return AwsKmsKeys(lambda region: boto3.client("kms", endpoint_url=url, region_name=region, config=config))
 
 
 def _raw_blob_stores(settings: Settings) -> Callable[[str | None], BlobStore]:

@@ -10,16 +10,16 @@ content unreadable (`KmsKeyUnusable`, nothing deleted) until it is enabled again
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
 
+from dockyard.domain.clock import utc_now
 from dockyard.domain.errors import DockyardError, ErrorKind
 from dockyard.domain.kms import KEY_KIND, MANAGED_ECR_ALIAS, KeyService, KmsKey, load_key
-from dockyard.domain.kms import Disabled as KeyDisabled
-from dockyard.domain.kms import InvalidState as KeyInvalidState
 from dockyard.domain.kms import NotFound as KeyNotFound
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.ports import KeyDomain, RepositorySettings
@@ -29,6 +29,7 @@ SYSTEM_ACCOUNT: Final = "000000000000"
 """Owns the registry-managed storage key (no credentials, users or repositories: nobody can act as it)."""
 STORAGE_KEY_REGION: Final = "dockyard"
 STORAGE_KEY_ALIAS: Final = "alias/dockyard/storage"
+BOUND_KEY_KIND: Final = "kms-bound-key:"  # registry documents naming every key a repository was bound to
 KEY_STATE_TTL: Final = 1.0
 """Seconds a node trusts the key state it read: a key disabled on one node stops reads everywhere within it."""
 
@@ -46,38 +47,114 @@ def key_domain(settings: RepositorySettings) -> KeyDomain:
     return KeyDomain()
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the registry needs of a key: its ARN, where it lives, its state, and the backend's own handle."""
+
+    arn: str
+    account_id: str
+    region: str
+    state: str  # Enabled, Disabled, PendingDeletion, …
+    handle: object = None
+
+
+class KeyBackend(Protocol):
+    """Where customer keys live: the built-in key service, or an external KMS (`--kms-endpoint-url`).
+
+    `describe` raises `KeyNotFound`; `encrypt`/`decrypt` raise `KeyDisabled`, `KeyInvalidState` or
+    `InvalidCiphertext` as KMS does.
+    """
+
+    checks_account: bool
+    """Whether a key must be in the repository's own account (the built-in service shares our account ids;
+    an external KMS has accounts of its own)."""
+
+    def describe(self, account_id: str, region: str, reference: str) -> KeyInfo: ...
+
+    def default_key(self, account_id: str, region: str) -> KeyInfo:
+        """The key for KMS repositories naming none (AWS's `aws/ecr`)."""
+        ...
+
+    def encrypt(self, key: KeyInfo, plaintext: bytes, context: dict[str, str]) -> bytes: ...
+
+    def decrypt(self, key: KeyInfo, blob: bytes, context: dict[str, str]) -> bytes: ...
+
+
+class BuiltInKeys:
+    """`KeyBackend` over the built-in key service."""
+
+    checks_account = True
+
+    def __init__(self, service: KeyService) -> None:
+        self.service = service
+
+    def describe(self, account_id: str, region: str, reference: str) -> KeyInfo:
+        return _info(self.service.get(account_id, region, reference))
+
+    def default_key(self, account_id: str, region: str) -> KeyInfo:
+        return _info(self.service.managed_key(account_id, region, MANAGED_ECR_ALIAS))
+
+    def encrypt(self, key: KeyInfo, plaintext: bytes, context: dict[str, str]) -> bytes:
+        return self.service.encrypt(_kms_key(key), plaintext, context)
+
+    def decrypt(self, key: KeyInfo, blob: bytes, context: dict[str, str]) -> bytes:
+        return self.service.decrypt_with(self.service.check_usable(_kms_key(key)), blob, context)
+
+
+def _info(key: KmsKey) -> KeyInfo:
+    return KeyInfo(key.arn, key.account_id, key.region, key.state, key)
+
+
+def _kms_key(key: KeyInfo) -> KmsKey:
+    assert isinstance(key.handle, KmsKey), "a built-in key's handle is its KmsKey"
+    return key.handle
+
+
 class RepositoryKeys:
     """Binds repositories to keys, and answers whether a bound key can be used right now.
 
-    Key states are read through a short per-process cache (`KEY_STATE_TTL`), so a pull does not read the
-    key's document on every request while a state change still reaches every node within a second.
+    Customer keys come from `customer` (the built-in key service unless an external KMS is configured); the
+    registry-managed storage key always lives in the built-in service. Key states are read through a short
+    per-process cache (`KEY_STATE_TTL`), so a pull does not look the key up on every request while a state
+    change still reaches every node within a second.
     """
 
-    def __init__(self, keys: KeyService, ensure_account: Callable[[str], None] = lambda _account: None) -> None:
+    def __init__(
+        self,
+        keys: KeyService,
+        ensure_account: Callable[[str], None] = lambda _account: None,
+        customer: KeyBackend | None = None,
+    ) -> None:
         self.keys = keys
+        self.builtin = BuiltInKeys(keys)
+        self.customer: KeyBackend = customer or self.builtin
         self._ensure_account = ensure_account
         self._storage_key: str | None = None
         self._monotonic = time.monotonic
-        self._cache: dict[str, tuple[float, KmsKey | DockyardError]] = {}
+        self._cache: dict[str, tuple[float, KeyInfo | DockyardError]] = {}
         self._lock = threading.Lock()
         keys.listeners.append(self.forget)
 
     def bind(self, ref: RepositoryRef, settings: RepositorySettings) -> RepositorySettings:
-        """Settings with `kms_key` resolved to the ARN of a usable key in the repository's account and region."""
+        """Settings with `kms_key` resolved to the ARN of a usable key in the repository's Region."""
         if settings.encryption_type not in KMS_TYPES:
             return settings
-        if settings.kms_key:
-            key = self._named_key(ref, settings.kms_key)
-        else:
-            key = self.keys.managed_key(ref.account_id, ref.region, MANAGED_ECR_ALIAS)
+        try:
+            key = self._named_key(ref, settings.kms_key) if settings.kms_key else self._default_key(ref)
+        except KeyNotFound as error:
+            raise KmsKeyUnusable(error.message, detail={"kmsError": "NotFoundException"}) from None
         if key.state != "Enabled":
             raise KmsKeyUnusable(
                 f"KMS key {key.arn} is {key.state.lower()}: a repository can only be created with an enabled key",
                 detail={"kmsError": "DisabledException" if key.state == "Disabled" else "KMSInvalidStateException"},
             )
+        # Remembered so the garbage collector sweeps this key's domain even after its last repository is gone
+        # (an external KMS's keys are known only through the repositories bound to them).
+        kind = BOUND_KEY_KIND + hashlib.sha256(key.arn.encode()).hexdigest()[:32]  # kinds are at most 64 chars
+        self.keys.store.put_registry_document(ref.account_id, ref.region, kind, key.arn, utc_now())
         return replace(settings, kms_key=key.arn)
 
-    def usable_key(self, key_arn: str) -> KmsKey:
+    def usable_key(self, key_arn: str) -> KeyInfo:
         """The key behind `key_arn` when it is enabled; `KmsKeyUnusable` otherwise."""
         now = self._monotonic()
         with self._lock:
@@ -90,6 +167,9 @@ class RepositoryKeys:
         if isinstance(outcome, DockyardError):
             raise outcome
         return outcome
+
+    def backend_of(self, key_arn: str) -> KeyBackend:
+        return self.builtin if _is_storage_key(key_arn) else self.customer
 
     def storage_key_arn(self) -> str:
         """The registry-managed key that wraps the data keys of AES256 repositories (made on first use).
@@ -110,46 +190,51 @@ class RepositoryKeys:
             self._cache.pop(key_arn, None)
 
     def key_arns(self) -> list[str]:
-        """Every key of the key service, whatever its state (the domains that may hold content)."""
+        """Every customer key of the built-in key service, whatever its state (domains that may hold content),
+        and the keys repositories are bound to (an external KMS's keys are known only through them)."""
         documents = self.keys.store.list_registry_documents(None, None, KEY_KIND)
-        return sorted(
-            key.arn for key in map(load_key, (text for _, text in documents)) if key.account_id != SYSTEM_ACCOUNT
-        )
+        builtin = {key.arn for key in (load_key(text) for _, text in documents) if key.account_id != SYSTEM_ACCOUNT}
+        bound = {text for _, text in self.keys.store.list_registry_documents(None, None, BOUND_KEY_KIND)}
+        return sorted(builtin | bound)
 
-    def _named_key(self, ref: RepositoryRef, reference: str) -> KmsKey:
+    def _default_key(self, ref: RepositoryRef) -> KeyInfo:
+        return self.customer.default_key(ref.account_id, ref.region)
+
+    def _named_key(self, ref: RepositoryRef, reference: str) -> KeyInfo:
         account, region = ref.account_id, ref.region
         if reference.startswith("arn:"):
             parts = reference.split(":", 5)
             if len(parts) != 6 or parts[2] != "kms":
                 raise KmsKeyUnusable(f"{reference!r} is not a KMS key ARN", detail={"kmsError": "NotFoundException"})
             region, account = parts[3], parts[4]
-        if (account, region) != (ref.account_id, ref.region):
+        if region != ref.region or (self.customer.checks_account and account != ref.account_id):
             raise KmsKeyUnusable(
                 f"KMS key {reference} must be in the repository's account {ref.account_id} and Region {ref.region}",
                 detail={"kmsError": "NotFoundException"},
             )
-        try:
-            return self.keys.get(account, region, reference)
-        except KeyNotFound as error:
-            raise KmsKeyUnusable(error.message, detail={"kmsError": "NotFoundException"}) from None
+        return self.customer.describe(account, region, reference)
 
-    def _read_key(self, key_arn: str) -> KmsKey | DockyardError:
+    def _read_key(self, key_arn: str) -> KeyInfo | DockyardError:
         parts = key_arn.split(":", 5)
         try:
-            key = self.keys.get(parts[4], parts[3], key_arn)
-            self.keys.check_usable(key)
+            key = self.backend_of(key_arn).describe(parts[4], parts[3], key_arn)
         except (KeyNotFound, IndexError):
             return KmsKeyUnusable(
                 f"the repository's KMS key {key_arn} no longer exists", detail={"kmsError": "NotFoundException"}
             )
-        except KeyDisabled:
+        if key.state == "Disabled":
             return KmsKeyUnusable(
                 f"the repository's KMS key {key_arn} is disabled: enable it to read or write this repository",
                 detail={"kmsError": "DisabledException"},
             )
-        except KeyInvalidState:
+        if key.state != "Enabled":
             return KmsKeyUnusable(
-                f"the repository's KMS key {key_arn} is pending deletion: cancel the deletion and enable it",
+                f"the repository's KMS key {key_arn} is {key.state}: it must be enabled to read or write this "
+                "repository",
                 detail={"kmsError": "KMSInvalidStateException"},
             )
         return key
+
+
+def _is_storage_key(key_arn: str) -> bool:
+    return key_arn.startswith(f"arn:aws:kms:{STORAGE_KEY_REGION}:{SYSTEM_ACCOUNT}:key/")

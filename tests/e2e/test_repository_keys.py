@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,70 @@ def test_garbage_collection_sweeps_each_key_domain_on_its_own(
     assert not [path for path in domain.rglob("*") if path.is_file()]
     skopeo.pull(keyed_server, f"{plain}:v1", f"oci:{tmp_path / 'dst'}:v1")
     assert layout_blobs(tmp_path / "dst") == layout_blobs(tmp_path / "src")
+
+
+def test_an_external_kms_holds_the_keys_of_kms_repositories(tmp_path: Path, skopeo: Skopeo) -> None:
+    """`--kms-endpoint-url`: a second Dockyard plays AWS KMS (same API, boto3 on both sides). The registry
+    binds the repository to the external key, wraps data keys with its Encrypt/Decrypt under the server's
+    AWS credentials, and stops serving when the key is disabled there."""
+    kms_server = ServerProcess(tmp_path / "kms-data").start()
+    registry = ServerProcess(
+        tmp_path / "registry-data",
+        extra_args=["--kms-endpoint-url", kms_server.url],
+        environment={
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        },
+    )
+    try:
+        registry.start()
+        external = boto3.client(
+            "kms",
+            endpoint_url=kms_server.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+        )
+        key = external.create_key(Description="held elsewhere")["KeyMetadata"]
+        external.create_alias(AliasName="alias/elsewhere", TargetKeyId=key["KeyId"])
+        ecr = ecr_client(registry)
+        created = ecr.create_repository(
+            repositoryName="ext/app", encryptionConfiguration={"encryptionType": "KMS", "kmsKey": "alias/elsewhere"}
+        )["repository"]
+        assert created["encryptionConfiguration"]["kmsKey"] == key["Arn"]
+        with pytest.raises(ecr.exceptions.KmsException) as caught:  # no aws/ecr key in the external KMS
+            ecr.create_repository(repositoryName="ext/none", encryptionConfiguration={"encryptionType": "KMS"})
+        assert "kmsKey" in caught.value.response["Error"]["Message"]
+
+        single_image_layout(tmp_path / "src", seed=fresh_seed())
+        skopeo.push(registry, f"oci:{tmp_path / 'src'}:latest", "ext/app:v1")
+        skopeo.pull(registry, "ext/app:v1", f"oci:{tmp_path / 'dst'}:v1")
+        assert layout_blobs(tmp_path / "dst") == layout_blobs(tmp_path / "src")
+        local = boto3.client(
+            "kms",
+            endpoint_url=registry.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+        )
+        assert key["KeyId"] not in {k["KeyId"] for k in local.list_keys()["Keys"]}  # never copied in
+
+        external.disable_key(KeyId=key["KeyId"])
+        deadline = time.monotonic() + 10  # the registry trusts a key state it read for one second
+        with registry.client() as http:
+            while (answer := http.get("/v2/ext/app/manifests/v1")).status_code == 200:
+                assert time.monotonic() < deadline, "a disabled external key kept serving"
+                time.sleep(0.1)  # polling interval
+            assert answer.status_code == 403 and key["Arn"] in answer.json()["errors"][0]["message"]
+        external.enable_key(KeyId=key["KeyId"])
+        deadline = time.monotonic() + 10
+        while skopeo("copy", "--quiet", "--src-tls-verify=false", "--src-creds", registry.creds,
+                     f"docker://{registry.host}/ext/app:v1", f"oci:{tmp_path / 'again'}:v1").returncode:  # fmt: skip
+            assert time.monotonic() < deadline, "an enabled external key did not serve again"
+            time.sleep(0.1)  # polling interval
+        assert layout_blobs(tmp_path / "again") == layout_blobs(tmp_path / "src")
+    finally:
+        registry.stop()
+        kms_server.stop()

@@ -32,6 +32,7 @@ class ServerProcess:
     data_dir: Path
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)  # more environment variables for the server
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -58,6 +59,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = dict(os.environ)
         env.update({"DOCKYARD_ROOT_ACCESS_KEY_ID": ACCESS_KEY_ID, "DOCKYARD_ROOT_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY})
+        env.update(self.environment)
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         command = [
             sys.executable,

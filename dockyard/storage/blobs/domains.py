@@ -12,8 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-from dockyard.domain.encryption import STORAGE_KEY_REGION, SYSTEM_ACCOUNT, RepositoryKeys
+from dockyard.domain.encryption import STORAGE_KEY_REGION, SYSTEM_ACCOUNT, KmsKeyUnusable, RepositoryKeys
+from dockyard.domain.kms import Disabled as KeyDisabled
 from dockyard.domain.kms import InvalidCiphertext
+from dockyard.domain.kms import InvalidState as KeyInvalidState
+from dockyard.domain.kms import NotFound as KeyNotFound
 from dockyard.domain.ports import BlobStore, KeyDomain
 from dockyard.storage.blobs.encrypted import BlobCorrupted, DataKeyProvider, DataKeyUnavailable, EncryptedBlobStore
 
@@ -35,15 +38,24 @@ class KmsDataKeys:
         return self.key_arn
 
     def wrap(self, plaintext_key: bytes, key_id: str) -> bytes:
-        key = self.keys.usable_key(self._own(key_id))
-        return self.keys.keys.encrypt(key, plaintext_key, self._context)
+        key_id = self._own(key_id)
+        key = self.keys.usable_key(key_id)
+        return self._translated(lambda: self.keys.backend_of(key_id).encrypt(key, plaintext_key, self._context))
 
     def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
-        key = self.keys.usable_key(self._own(key_id))
+        key_id = self._own(key_id)
+        key = self.keys.usable_key(key_id)
+        return self._translated(lambda: self.keys.backend_of(key_id).decrypt(key, wrapped, self._context))
+
+    def _translated(self, call: Callable[[], bytes]) -> bytes:
+        """KMS answers as the registry's errors: a state changed since the cached check, or a forged key."""
         try:
-            return self.keys.keys.decrypt_with(key, wrapped, self._context)
+            return call()
         except InvalidCiphertext:
             raise BlobCorrupted("the wrapped data key failed verification under its KMS key") from None
+        except (KeyDisabled, KeyInvalidState, KeyNotFound) as error:
+            self.keys.forget(self.key_arn)
+            raise KmsKeyUnusable(error.message, detail={"kmsError": error.ecr_exception}) from None
 
     def _own(self, key_id: str) -> str:
         if key_id != self.key_arn:
