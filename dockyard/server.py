@@ -41,8 +41,7 @@ from dockyard.http.kms_api import KMS_TARGET, KmsDoor
 from dockyard.http.logs import configure_logging, with_request_id
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
-from dockyard.jobs.replication import ReplicationWorker
-from dockyard.jobs.scans import ScanWorker
+from dockyard.jobs.queue_worker import QueueWorker
 from dockyard.jobs.scheduler import Job, Scheduler
 from dockyard.jobs.usage import UsageFlusher
 from dockyard.storage.audit import JsonLinesAudit
@@ -270,8 +269,8 @@ class Dockyard:
         """Background jobs start with the server and stop before it exits."""
         background = self.services.settings.background_jobs
         scheduler = self.services.scheduler() if background else None
-        scans = ScanWorker(self.services.scanner) if background else None
-        replication = ReplicationWorker(self.services.replicator) if background else None
+        scans = QueueWorker("scan", self.services.scanner.work_once) if background else None
+        replication = QueueWorker("replication", self.services.replicator.work_once) if background else None
         usage = UsageFlusher(self.services.meter, self.services.metadata)  # every process meters what it serves
         while True:
             message = await receive()

@@ -1,7 +1,7 @@
-"""The replication worker: claims queued replications from the metadata store and runs them off the request path.
+"""A worker that drains one queue kept in the metadata store (scans, replications) off the request path.
 
-Every server process runs one; a task is claimed by exactly one worker (SKIP LOCKED on PostgreSQL, a
-compare-and-set claim on either backend), and a dead worker's claim expires so another node takes it over.
+Every server process runs one per queue; the queue's own claims (SKIP LOCKED on PostgreSQL, compare-and-set
+on either backend, expiring so a dead node's work is taken over) make each item run on exactly one node.
 """
 
 from __future__ import annotations
@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from dockyard.domain.replication import Replicator
-
-log = logging.getLogger("dockyard.jobs.replication")
+log = logging.getLogger("dockyard.jobs")
 
 
-class ReplicationWorker:
-    def __init__(self, replicator: Replicator, idle_seconds: float = 1.0) -> None:
-        self.replicator = replicator
+class QueueWorker:
+    def __init__(self, name: str, work_once: Callable[[], bool], idle_seconds: float = 1.0) -> None:
+        """`work_once` claims and runs one item, returning False when the queue was empty."""
+        self.name = name
+        self.work_once = work_once
         self.idle_seconds = idle_seconds
         self._task: asyncio.Task[None] | None = None
 
@@ -35,9 +36,9 @@ class ReplicationWorker:
     async def _loop(self) -> None:
         while True:
             try:
-                busy = await run_in_threadpool(self.replicator.work_once)
+                busy = await run_in_threadpool(self.work_once)
             except Exception:  # e.g. the database unreachable for a moment: the next round tries again
-                log.exception("replication worker step failed")
+                log.exception("%s worker step failed", self.name)
                 busy = False
             if not busy:
                 await asyncio.sleep(self.idle_seconds)
