@@ -169,23 +169,15 @@ STORES = {
 def start_dockyard(
     workdir: Path, creds: servers.Credentials, store: Store, s3: S3, bucket: str, unsigned_payload: bool
 ) -> servers.Server:
-    port = servers.free_port()
-    data_dir = workdir / "data"
-    data_dir.mkdir(parents=True)
-    command = [
-        *servers._dockyard_command(),
-        "serve",
-        *("--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--workers", "1"),
-        "--encrypt-at-rest" if store.encrypted else "--no-encrypt-at-rest",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOTO_", "DOCKYARD_TEST_"))}
-    env.pop("DOCKYARD_MASTER_KEY", None)  # each server makes its own key in its data directory
-    env["DOCKYARD_ROOT_ACCESS_KEY_ID"] = creds.key_id
-    env["DOCKYARD_ROOT_SECRET_ACCESS_KEY"] = creds.secret
+    flags = ["--encrypt-at-rest" if store.encrypted else "--no-encrypt-at-rest"]
+    # Each server makes its own master key; no AWS setting of this shell leaks into it.
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("AWS_", "BOTO_", "DOCKYARD_TEST_"))}
+    env["DOCKYARD_MASTER_KEY"] = None
     if store.prefix is not None:
-        command += ["--blob-store", f"s3://{bucket}/{store.prefix}", "--s3-endpoint-url", s3.endpoint]
-        command += ["--s3-region", s3.region]
+        flags += ["--blob-store", f"s3://{bucket}/{store.prefix}", "--s3-endpoint-url", s3.endpoint]
+        flags += ["--s3-region", s3.region]
         aws_config = workdir / "aws-config"
+        workdir.mkdir(parents=True, exist_ok=True)
         aws_config.write_text(AWS_CONFIG if unsigned_payload else "")
         env |= {
             "AWS_ACCESS_KEY_ID": s3.access_key,
@@ -194,7 +186,7 @@ def start_dockyard(
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
-    return servers._spawn(f"dockyard ({store.name})", command, workdir, port, env)
+    return servers.start_dockyard(workdir, creds, 1, flags, env, f"dockyard ({store.name})")
 
 
 @contextlib.contextmanager

@@ -131,7 +131,11 @@ def _raw_blob_stores(settings: Settings) -> Callable[[str | None], BlobStore]:
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
-        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        config=BotoConfig(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=32,  # the S3 store sends up to 16 parts at once besides the requests' own calls
+        ),
     )
     redirect_seconds = 900 if settings.s3_redirect else 0
     bucket, prefix = location.netloc, location.path.strip("/")

@@ -160,6 +160,10 @@ ms mon client mode = crc
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw dns name = localhost
+# Free deleted objects at once, not after two hours: the in-memory OSD would otherwise fill up and hang.
+rgw gc obj min wait = 0
+rgw gc processor period = 2
+rgw gc processor max time = 2
 CONF
   local conf=(-c "$DIR/ceph.conf")
   timeout 30 monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$DIR/monmap" >"$DIR/mkfs.out" 2>&1

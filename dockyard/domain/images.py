@@ -231,8 +231,7 @@ class Registry:
 
     def begin_append(self, ref: RepositoryRef, upload_id: str, start: int | None) -> BlobAppender:
         """Open the upload for one chunk; `start` is the chunk's first byte when the client said it."""
-        self.upload_size(ref, upload_id)  # the session is this repository's and its bytes exist
-        store = self.store_of(self._session(ref, upload_id)[1])
+        store = self.store_of(self._session(ref, upload_id)[1])  # append_upload checks the bytes exist
         # One appender per upload at a time: the store's writer is exclusive and the size is read while it is
         # held, so two requests claiming the same Content-Range cannot both pass the check.
         writer = store.append_upload(upload_id)

@@ -139,7 +139,8 @@ def test_no_object_in_the_bucket_holds_pushed_content_in_plain_text(
 # ------------------------------------------------------------------------------------------ 2. chunked uploads
 
 # Chunk sizes chosen against the S3 store's layout: a 3 MiB tail, a tail read back and grown into a first
-# part, a part of its own, a 1 MiB tail, then a tail plus 6 MiB: three parts to copy at commit.
+# part, a part of its own, a 1 MiB tail, then a tail plus 6 MiB; the last tail is copied in as the final part
+# at commit.
 CHUNKS = [3 * MiB + 1, 2 * MiB, 5 * MiB + 3, 1 * MiB, 6 * MiB]
 
 
