@@ -5,7 +5,7 @@
 Builds an image of gzipped tar layers in a temp dir: a Debian-like base (an os-release, a dpkg status file
 listing 400 packages, and bulk files making up most of the size) and a layer of 200 Python packages
 (dist-info folders), then scans it with `read_inventory` + matching against the OSV fixtures when they are
-beside the checkout (../shared/fixtures/osv). Reports wall and CPU seconds and peak RSS of the scan alone.
+kept in the repository (tests/fixtures/osv). Reports wall and CPU seconds and peak RSS of the scan alone.
 Target: a 500 MB image in under 10 s on one core, under 200 MB of memory.
 """
 
@@ -27,7 +27,7 @@ from dockyard.domain.scanning.inventory import read_inventory
 from dockyard.domain.scanning.matching import match_inventory
 from dockyard.domain.scanning.osv import AdvisoryIndex, iter_zip_records
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "osv"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "osv"
 FILE_BYTES = 4 * 1024 * 1024
 
 

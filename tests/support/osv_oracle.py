@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from tests.support.scan_images import Installed
 
-OSV_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "osv"
+OSV_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "osv"
 ECOSYSTEM_ZIPS = ("PyPI", "npm", "Debian", "Alpine")
 _CVE = re.compile(r"CVE-(\d{4})-(\d+)")
 _PLAIN_SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)")

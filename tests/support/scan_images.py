@@ -6,7 +6,7 @@ trees, os-release, and whiteouts (`.wh.<name>`, `.wh..wh..opq`) that remove pack
 Every package an image ever had is listed as `Installed`, with `present=False` when a later layer removed
 it (or dpkg does not count it as installed), so a test can expect findings for the present ones only.
 
-Versions were chosen against the fixture advisories in shared/fixtures/osv (see SOURCES.md there): some
+Versions were chosen against the fixture advisories in tests/fixtures/osv (see SOURCES.md there): some
 inside an affected range, some exactly at or above the fixed version, some in an OS release the record does
 not cover.
 """

@@ -2,7 +2,7 @@
 rules), StartImageScan's daily quota, DescribeImageScanFindings and DescribeImages' scan fields, and images
 the scanner must refuse (corrupt, tar bombs, hostile paths, malformed databases) without the server faltering.
 
-The advisory database is the real OSV fixture set (shared/fixtures/osv), imported into the server's data
+The advisory database is the real OSV fixture set (tests/fixtures/osv), imported into the server's data
 directory before it starts; expected findings come from tests/support/osv_oracle.py, never from Dockyard.
 """
 

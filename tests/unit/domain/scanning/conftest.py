@@ -1,4 +1,4 @@
-"""The real OSV advisories kept in shared/fixtures/osv (see SOURCES.md there), loaded once per session."""
+"""The real OSV advisories kept in tests/fixtures/osv (see SOURCES.md there), loaded once per session."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 
 from dockyard.domain.scanning.osv import AdvisoryIndex, OsvRecord, iter_zip_records
 
-# shared/ sits beside the repository checkout, in development and in CI alike.
-OSV_FIXTURES = Path(__file__).resolve().parents[4].parent / "shared" / "fixtures" / "osv"
+# The fixtures live in the repository (tests/fixtures/osv), so a clone anywhere runs these tests.
+OSV_FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "osv"
 ECOSYSTEM_ZIPS = ("PyPI", "npm", "Debian", "Alpine")
 
 
 @pytest.fixture(scope="session")
 def osv_fixtures() -> Path:
     if not (OSV_FIXTURES / "PyPI-all.zip").is_file():
-        pytest.skip(f"the OSV fixtures are not at {OSV_FIXTURES}")
+        pytest.fail(f"the OSV fixtures are not at {OSV_FIXTURES}", pytrace=False)
     return OSV_FIXTURES
 
 
