@@ -78,10 +78,16 @@ class ServerProcess:
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            # The caller never gets a server to stop when the start fails: stop it here, or it outlives the suite.
+            self.kill()
+            raise
         return self
 
-    def _wait_ready(self, timeout: float = 30) -> None:
+    # A loaded 2-core CI machine can take well over 30 s to start a server while other tests run beside it.
+    def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
