@@ -114,6 +114,10 @@ def serve(
             "the registry's storage key). KMS repositories are always encrypted under their own key."
         ),
     ] = True,
+    access_log: Annotated[
+        str,
+        typer.Option(help="One JSON line per request to 'stderr' (default), a FILE (appended, mode 0600), or 'off'."),
+    ] = "stderr",
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     data_dir = data_dir.resolve()
@@ -141,6 +145,7 @@ def serve(
         s3_redirect=s3_redirect,
         encrypt_at_rest=encrypt_at_rest,
         kms_endpoint_url=kms_endpoint_url,
+        access_log=_access_log_destination(access_log),
     )
     services = prepare(settings)
     try:
@@ -151,6 +156,17 @@ def serve(
     _announce(settings, credentials)
     os.environ[SETTINGS_ENV] = settings.to_environment()
     _run_server(settings)
+
+
+def _access_log_destination(value: str) -> str:
+    """`off` and `stderr` as they are; a file path made absolute (the workers may run from elsewhere)."""
+    if value in ("off", "stderr"):
+        return value
+    path = Path(value).expanduser().resolve()
+    if not path.parent.is_dir():
+        console.print(f"[red]Cannot start:[/] --access-log {value}: the directory {path.parent} does not exist")
+        raise typer.Exit(2)
+    return str(path)
 
 
 def _run_server(settings: Settings) -> None:

@@ -38,6 +38,7 @@ class Settings:
     s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
     kms_endpoint_url: str | None = None  # an external KMS for KMS repositories' keys; None: the built-in one
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
+    access_log: str = "stderr"  # one JSON line per request: "stderr", "off", or a file path
 
     @property
     def database(self) -> str:

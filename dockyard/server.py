@@ -38,7 +38,7 @@ from dockyard.http.aws_json import UnknownOperation, error_response
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.kms_api import KMS_TARGET, KmsDoor
-from dockyard.http.logs import configure_logging, with_request_id
+from dockyard.http.logs import configure_logging, stop_access_log, with_request_id
 from dockyard.http.metrics import metrics_response
 from dockyard.http.registry import RegistryDoor
 from dockyard.jobs.queue_worker import QueueWorker
@@ -293,6 +293,7 @@ class Dockyard:
                 if replication is not None:
                     await replication.stop()
                 await usage.stop()  # flushes what this process counted
+                stop_access_log()  # writes the lines still queued
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -306,5 +307,6 @@ def _header(scope: Scope, name: bytes) -> str:
 
 def create_app() -> Dockyard:
     """The factory each server worker calls; settings arrive through the environment."""
-    configure_logging()
-    return Dockyard(Services(Settings.from_environment()))
+    settings = Settings.from_environment()
+    configure_logging(access_log=settings.access_log)
+    return Dockyard(Services(settings))

@@ -20,6 +20,7 @@ from dockyard.domain.errors import DockyardError, InvalidParameter, Unavailable
 from dockyard.domain.iam import Authenticator
 from dockyard.http import aws_json
 from dockyard.http.errors import log
+from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
 from dockyard.http.sigv4 import SignedRequest, Verified, verify
 
@@ -64,6 +65,7 @@ class AwsJsonDoor(Generic[C]):
         body = await self._read_body(request)
         operation = aws_json.operation(self.model, operation_name)
         verified = await run_in_threadpool(self._verify, request, body)
+        note_principal(verified.principal)
         params = aws_json.validate(operation.input_shape, aws_json.parse_body(body))
         handler = self.handlers.get(operation.name)
         if handler is None:

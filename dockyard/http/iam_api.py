@@ -27,6 +27,7 @@ from dockyard.domain.ports import AccessKeyInfo, IamUser
 from dockyard.http import aws_json
 from dockyard.http.auth import request_context
 from dockyard.http.errors import log
+from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
 from dockyard.http.sigv4 import SignedRequest, verify
 
@@ -91,6 +92,7 @@ class QueryDoor:
                 verify, signed, self.authenticator.secret_of, frozenset(self.handlers), self.clock()
             )
             service = verified.service
+            note_principal(verified.principal)
             response = await run_in_threadpool(self.run, service, action, verified.principal, params, request)
         except DockyardError as error:
             response = _error_response(error, service)

@@ -46,6 +46,7 @@ from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_s
 from dockyard.domain.usage import UsageMeter
 from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, password_caller, registry_caller, request_context
 from dockyard.http.errors import oci_error_response, unexpected_error_response
+from dockyard.http.logs import note_principal
 from dockyard.http.metrics import BYTES_RECEIVED, BYTES_SENT, LATENCY, REQUESTS
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -185,7 +186,9 @@ class RegistryDoor:
             return await self.token_endpoint(request)
 
         def authenticate() -> Caller:  # only once the route is named: a refused request counts under it
-            return registry_caller(request, self.authenticator, self.login_tokens, self.bearer, self.registry.clock())
+            caller = registry_caller(request, self.authenticator, self.login_tokens, self.bearer, self.registry.clock())
+            note_principal(caller.principal)
+            return caller
 
         if path in ("/v2", "/v2/"):
             trace.route = "base"
@@ -261,6 +264,7 @@ class RegistryDoor:
             caller = password_caller(
                 form.get("username", ""), form["password"], self.authenticator, self.login_tokens, self.registry.clock()
             )
+        note_principal(caller.principal)
         account = self.repository_ref(request, caller, "token").account_id
         context = request_context(request)
 
