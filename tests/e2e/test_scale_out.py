@@ -610,7 +610,7 @@ def test_nodes_started_together_on_a_fresh_database_all_come_up(tmp_path: Path) 
             wait_for(lambda: lock_waiters(group, "%credentials%") >= 3, 60, "three nodes bootstrapping")
             transaction.rollback()
         for thread in threads:
-            thread.join(timeout=60)
+            thread.join(timeout=180)  # beyond the harness's own start timeout: a start fails, it does not hang
         assert not failures, failures
         for node in group.nodes:
             with node.client() as client:
