@@ -189,6 +189,14 @@ def test_push_by_digest_with_tag_parameters(client: TestClient) -> None:
     assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["a", "b"]
 
 
+def test_push_by_tag_with_tag_parameters_sets_them_all(client: TestClient) -> None:
+    raw, media_type = oci_image(client)
+    response = push_with_tags(client, "v1", raw, media_type, ["v2"])
+    assert response.status_code == 201, response.text
+    assert oci_tags(response) == ["v1", "v2"]
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["v1", "v2"]
+
+
 def test_push_by_digest_without_tag_parameters_names_no_tag(client: TestClient) -> None:
     raw, media_type = oci_image(client)
     response = put_manifest(client, REPO, sha256(raw), raw, media_type)
