@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -32,7 +32,7 @@ from dockyard.domain.errors import (
     SizeInvalid,
 )
 from dockyard.domain.manifests import OCI_INDEX, ParsedManifest, parse_manifest
-from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference
+from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference, is_tag
 from dockyard.domain.ports import (
     BlobStore,
     BlobStores,
@@ -47,6 +47,9 @@ from dockyard.domain.repositories import Repositories, immutability_guard
 
 MAX_PAGE: Final = 1000
 PULL_RECORD_INTERVAL: Final = timedelta(hours=1)
+# Repositories an anonymous mount looks at: a bound on the authorisation checks one POST can cost. Past it the
+# client uploads the blob, which is always a correct answer to a mount.
+MOUNT_CANDIDATES: Final = 100
 MANIFEST_CACHE_BYTES: Final = 64 * 1024 * 1024
 # Layers that live elsewhere by design (Windows foreign layers): never uploaded, so never required.
 _NON_DISTRIBUTABLE_MARKERS: Final = ("foreign", "nondistributable")
@@ -68,6 +71,7 @@ class StoredManifest:
 class PushedManifest:
     digest: Digest
     subject: Digest | None
+    tags: tuple[str, ...] = ()  # the tags the push set
 
 
 def page_size(requested: str | None) -> int:
@@ -213,6 +217,15 @@ class Registry:
         self.metadata.link_blob(repository.id, digest, size, self.clock())
         return True
 
+    def mount_from_any(self, target: RepositoryRef, digest: Digest, readable: Callable[[RepositoryRef], bool]) -> bool:
+        """An anonymous mount (`mount` without `from`): link the blob from a repository of the target's registry
+        that holds it and that the caller may read (`readable`); False when there is none (the caller uploads).
+
+        A repository the caller may not read is passed over exactly as one without the blob, so the answer never
+        tells whether a blob exists where the caller cannot look."""
+        holders = self.metadata.repositories_linking_blob(target.account_id, target.region, digest, MOUNT_CANDIDATES)
+        return any(readable(source.ref) and self.mount_blob(target, digest, source.ref) for source in holders)
+
     # ----------------------------------------------------------------------------------- uploads
 
     def start_upload(self, ref: RepositoryRef) -> str:
@@ -287,11 +300,18 @@ class Registry:
 
     # ----------------------------------------------------------------------------------- manifests
 
-    def put_manifest(self, ref: RepositoryRef, reference: str, raw: bytes, content_type: str | None) -> PushedManifest:
-        """The registry door's manifest PUT: by tag or by digest; re-pushing identical bytes is a no-op."""
+    def put_manifest(
+        self, ref: RepositoryRef, reference: str, raw: bytes, content_type: str | None, tag_params: Sequence[str] = ()
+    ) -> PushedManifest:
+        """The registry door's manifest PUT: by tag or by digest, plus any `tag=` parameters (all tags are set in
+        one transaction); re-pushing identical bytes is a no-op.
+
+        A manifest pushed by digest is stored under that digest's algorithm, and so are its tags: a sha512 push
+        is reported, resolved and deleted by its sha512 digest."""
         by_digest = is_digest_reference(reference)
         expected = Digest.parse(reference) if by_digest else None
-        tags = [] if by_digest else [check_tag(reference)]
+        named = [] if by_digest else [check_tag(reference)]
+        tags = list(dict.fromkeys([*named, *(check_tag(tag) for tag in tag_params)]))
         manifest = parse_manifest(raw, content_type, expected.algorithm if expected else "sha256")
         if expected is not None and expected != manifest.digest:
             raise DigestInvalid(
@@ -316,14 +336,15 @@ class Registry:
         for listener in self.push_listeners:
             listener(repository, manifest)
         subject = manifest.subject.digest if manifest.subject else None
-        return PushedManifest(manifest.digest, subject)
+        return PushedManifest(manifest.digest, subject, tuple(tags))
 
     def manifest(self, ref: RepositoryRef, reference: str) -> ManifestRecord:
         repository = self.repository(ref)
         if is_digest_reference(reference):
             record = self.metadata.get_manifest(repository.id, Digest.parse(reference))
         else:
-            record = self.metadata.resolve_tag(repository.id, check_tag(reference))
+            # A tag that could never have been pushed names nothing: unknown (404), as the spec's pull wants.
+            record = self.metadata.resolve_tag(repository.id, reference) if is_tag(reference) else None
         if record is None:
             raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
         if record.storage_class == "ARCHIVE":
@@ -365,7 +386,7 @@ class Registry:
     def delete_manifest(self, ref: RepositoryRef, reference: str) -> None:
         repository = self.repository(ref)
         if not is_digest_reference(reference):
-            if not self.metadata.delete_tag(repository.id, check_tag(reference)):
+            if not (is_tag(reference) and self.metadata.delete_tag(repository.id, reference)):
                 raise ManifestUnknown(f"tag {reference!r} unknown", detail={"tag": reference})
             return
         digest = Digest.parse(reference)

@@ -83,8 +83,12 @@ def check_private_repository_name(name: str) -> str:
     return name
 
 
+def is_tag(text: str) -> bool:
+    return TAG_RE.fullmatch(text) is not None
+
+
 def check_tag(tag: str) -> str:
-    if not TAG_RE.fullmatch(tag):
+    if not is_tag(tag):
         raise TagInvalid(f"invalid tag {tag!r}", detail={"tag": tag})
     return tag
 

@@ -347,6 +347,10 @@ class BlobLinkStore(Protocol):
 
     def unlink_blob(self, repository_id: int, digest: Digest) -> bool: ...
 
+    def repositories_linking_blob(self, account_id: str, region: str, digest: Digest, limit: int) -> list[Repository]:
+        """Repositories of one registry the blob is linked to, by name (an anonymous mount's candidates)."""
+        ...
+
 
 class UploadStore(Protocol):
     def create_upload(self, session: UploadSession) -> None: ...

@@ -361,6 +361,10 @@ class RegistryDoor:
             mounted = await self.try_mount(call, Digest.parse(mount), check_repository_name(source))
             if mounted is not None:
                 return mounted
+        elif mount:
+            mounted = await self.try_anonymous_mount(call, Digest.parse(mount))
+            if mounted is not None:
+                return mounted
         digest = Digest.parse(query["digest"]) if query.get("digest") else None
         upload_id = await run_in_threadpool(self.registry.start_upload, call.ref)
         if digest is not None:
@@ -374,6 +378,23 @@ class RegistryDoor:
         except DockyardError:
             return None  # no read access to the source: the client uploads instead (spec: 202, not an error)
         if not await run_in_threadpool(self.registry.mount_blob, call.ref, digest, source):
+            return None
+        return _created(call.path_name, "blobs", digest)
+
+    async def try_anonymous_mount(self, call: Call, digest: Digest) -> Response | None:
+        """`mount` without `from`: any repository of this registry holding the blob that the caller may read."""
+        # The path spells a source as it spells the target (`public/<alias>/` for public ones): Bearer grants
+        # name repositories that way.
+        prefix = call.path_name.removesuffix(call.ref.name)
+
+        def readable(source: RepositoryRef) -> bool:
+            try:
+                self.authorize(call, "ecr:GetDownloadUrlForLayer", source, prefix + source.name)
+            except DockyardError:
+                return False
+            return True
+
+        if not await run_in_threadpool(self.registry.mount_from_any, call.ref, digest, readable):
             return None
         return _created(call.path_name, "blobs", digest)
 
@@ -477,18 +498,22 @@ class RegistryDoor:
     async def put_manifest(self, call: Call) -> Response:
         self.authorize(call, "ecr:PutImage")
         raw = await read_limited(call.request, MAX_MANIFEST_BYTES)
+        tag_params = call.request.query_params.getlist("tag")
         pushed = await run_in_threadpool(
             self.registry.put_manifest,
             call.ref,
             call.params["reference"],
             raw,
             call.request.headers.get("content-type"),
+            tag_params,
         )
         if self.meter is not None:
             self.meter.pushed(call.ref)
         response = _created(call.path_name, "manifests", pushed.digest)
         if pushed.subject is not None:
             response.headers["OCI-Subject"] = str(pushed.subject)
+        if tag_params:  # the spec's push with `tag=` parameters: name every tag the push set
+            response.headers["OCI-Tag"] = ", ".join(pushed.tags)
         return response
 
     async def delete_manifest(self, call: Call) -> Response:

@@ -209,6 +209,8 @@ ROUTES: dict[str, tuple[Callable[[Target], RouteRequest], int]] = {
         lambda t: ("POST", f"/v2/{t.repo}/blobs/uploads/?mount={t.mount_blob}&from={t.mount_source}", None, None),
         201,
     ),
+    # Without `from`: any repository of the registry holding the blob that the caller may read.
+    "anonymous mount": (lambda t: ("POST", f"/v2/{t.repo}/blobs/uploads/?mount={t.mount_blob}", None, None), 201),
     "manifest GET": (lambda t: ("GET", f"/v2/{t.repo}/manifests/v1", None, None), 200),
     "manifest HEAD": (lambda t: ("HEAD", f"/v2/{t.repo}/manifests/v1", None, None), 200),
     "manifest PUT": (lambda t: ("PUT", f"/v2/{t.repo}/manifests/v2", t.next_manifest, OCI_MANIFEST), 201),
@@ -311,6 +313,41 @@ def test_mount_from_an_unreadable_repository_uploads_instead(world: World) -> No
     assert answers[0] == answers[1]
     probe = world.http.head(f"/v2/{target}/blobs/{sha256(secret_blob)}", headers=scoped.basic)
     assert probe.status_code == 404
+
+
+def test_anonymous_mount_passes_over_unreadable_repositories(world: World) -> None:
+    """`mount` without `from` mounts only from repositories the caller may read: a blob held only where it may not
+    look gets the answer a blob held nowhere gets (no existence oracle), and never reaches the target."""
+    scoped = add_user(
+        world.services.accounts,
+        ACCOUNT_ID,
+        "matrix-anonymous-mounter",
+        policy(statement("Allow", "ecr:*", f"arn:aws:ecr:us-east-1:{ACCOUNT_ID}:repository/matrix/mine-*")),
+    )
+    target = fresh_name("mine")
+    secret_blob = f"secret {uuid.uuid4()}".encode()
+    image_manifest(fresh_name("secret"), world.root, layers=(secret_blob,))
+    answers = []
+    for digest in (sha256(secret_blob), random_digest()):
+        answer = world.http.post(f"/v2/{target}/blobs/uploads/", params={"mount": digest}, headers=scoped.basic)
+        assert answer.status_code == 202, answer.text
+        assert answer.headers["location"].startswith(f"/v2/{target}/blobs/uploads/")
+        headers = {
+            k: v for k, v in answer.headers.items() if k not in ("location", "docker-upload-uuid", "x-request-id")
+        }
+        answers.append((answer.status_code, headers, answer.text))
+    assert answers[0] == answers[1]
+    assert world.http.head(f"/v2/{target}/blobs/{sha256(secret_blob)}", headers=scoped.basic).status_code == 404
+
+    # Once a repository it may read holds the blob too, the same request mounts it from there.
+    readable_source = fresh_name("mine-source")
+    image_manifest(readable_source, world.root, layers=(secret_blob,))
+    mounted = world.http.post(
+        f"/v2/{target}/blobs/uploads/", params={"mount": sha256(secret_blob)}, headers=scoped.basic
+    )
+    assert mounted.status_code == 201, mounted.text
+    assert mounted.headers["docker-content-digest"] == sha256(secret_blob)
+    assert world.http.get(f"/v2/{target}/blobs/{sha256(secret_blob)}", headers=scoped.basic).content == secret_blob
 
 
 # ================================================================================================ ECR operations

@@ -6,6 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.api.helpers import ABSENT, errors_of, push_blob, sha256, sha512
+from tests.support.server import ACCOUNT_ID
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 
@@ -176,6 +177,41 @@ def test_impossible_mount_opens_an_upload(client: TestClient, blob: str, mount: 
     assert response.status_code == 202
     assert "/v2/new/repo/blobs/uploads/" in response.headers["location"]
     assert client.get(response.headers["location"]).status_code == 204
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_anonymous_mount_from_any_repository_holding_the_blob(client: TestClient, algorithm: str) -> None:
+    """`mount` without `from` (distribution-spec main): the registry finds a repository holding the blob."""
+    digest = sha256(DATA) if algorithm == "sha256" else sha512(DATA)
+    response = client.post("/v2/team/app/blobs/uploads/", params={"digest": digest}, content=DATA)
+    assert response.status_code == 201, response.text
+    response = client.post("/v2/new/repo/blobs/uploads/", params={"mount": digest})
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == f"/v2/new/repo/blobs/{digest}"
+    assert response.headers["docker-content-digest"] == digest
+    assert client.get(response.headers["location"]).content == DATA
+    # The mount is a link of its own: deleting it leaves the source's, and the other way round.
+    assert client.delete(f"/v2/new/repo/blobs/{digest}").status_code == 202
+    assert client.get(f"/v2/team/app/blobs/{digest}").content == DATA
+
+
+def test_anonymous_mount_of_a_blob_held_nowhere_opens_an_upload(client: TestClient, blob: str) -> None:
+    client.delete(f"/v2/team/app/blobs/{blob}")  # once held, now linked to no repository
+    for digest in (ABSENT, blob):
+        response = client.post("/v2/new/repo/blobs/uploads/", params={"mount": digest})
+        assert response.status_code == 202, response.text
+        assert response.headers["location"].startswith("/v2/new/repo/blobs/uploads/")
+        assert client.get(response.headers["location"]).status_code == 204
+    errors_of(client.get(f"/v2/new/repo/blobs/{blob}"), 404, "BLOB_UNKNOWN")
+
+
+def test_anonymous_mount_of_a_blob_in_another_registry_opens_an_upload(client: TestClient) -> None:
+    """Only repositories of the target's registry (account and region) are looked at."""
+    host = {"Host": f"{ACCOUNT_ID}.dkr.ecr.eu-west-1.localhost"}
+    pushed = client.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(DATA)}, content=DATA, headers=host)
+    assert pushed.status_code == 201, pushed.text
+    response = client.post("/v2/new/repo/blobs/uploads/", params={"mount": sha256(DATA)})
+    assert response.status_code == 202, response.text
 
 
 def test_mount_of_malformed_digest_is_400(client: TestClient, blob: str) -> None:

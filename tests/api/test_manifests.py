@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -27,6 +29,7 @@ from tests.api.helpers import (
     sha256,
     sha512,
 )
+from tests.support.images import OCI_CONFIG, OCI_LAYER_GZIP
 
 REPO = "team/app"
 MAX_MANIFEST = 4 * 1024 * 1024
@@ -137,6 +140,122 @@ def test_push_by_mismatched_digest(client: TestClient) -> None:
     raw, media_type = oci_image(client)
     errors_of(put_manifest(client, REPO, sha256(raw + b" "), raw, media_type), 400, "DIGEST_INVALID")
     errors_of(client.get(f"/v2/{REPO}/manifests/{sha256(raw)}"), 404, "MANIFEST_UNKNOWN")
+
+
+# ------------------------------------------------------------------------------------------ tag parameters
+
+
+def oci_tags(response: httpx.Response) -> list[str]:
+    """The `OCI-Tag` values of a push (repeated headers or comma lists, as the spec allows)."""
+    return [tag.strip() for value in response.headers.get_list("oci-tag") for tag in value.split(",")]
+
+
+def push_with_tags(client: TestClient, digest: str, raw: bytes, media_type: str, tags: list[str]) -> httpx.Response:
+    return client.put(
+        f"/v2/{REPO}/manifests/{digest}",
+        params=[("tag", tag) for tag in tags],
+        content=raw,
+        headers={"Content-Type": media_type},
+    )
+
+
+def sha512_descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha512(data), "size": len(data), **extra}
+
+
+def sha512_image(client: TestClient, seed: str) -> bytes:
+    """An image whose config and layer are uploaded, and referenced, by sha512 digests."""
+    config, layer = f'{{"architecture":"{seed}","os":"linux"}}'.encode(), f"layer {seed}".encode()
+    for blob in (config, layer):
+        uploaded = client.post(f"/v2/{REPO}/blobs/uploads/", params={"digest": sha512(blob)}, content=blob)
+        assert uploaded.status_code == 201, uploaded.text
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": sha512_descriptor(OCI_CONFIG, config),
+        "layers": [sha512_descriptor(OCI_LAYER_GZIP, layer)],
+    }
+    return json.dumps(document).encode()
+
+
+def test_push_by_digest_with_tag_parameters(client: TestClient) -> None:
+    raw, media_type = oci_image(client)
+    response = push_with_tags(client, sha256(raw), raw, media_type, ["a", "b", "a"])
+    assert response.status_code == 201, response.text
+    assert response.headers["docker-content-digest"] == sha256(raw)
+    assert oci_tags(response) == ["a", "b"]
+    for tag in ("a", "b"):
+        assert client.get(f"/v2/{REPO}/manifests/{tag}").headers["docker-content-digest"] == sha256(raw)
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["a", "b"]
+
+
+def test_push_by_tag_with_tag_parameters_sets_them_all(client: TestClient) -> None:
+    raw, media_type = oci_image(client)
+    response = push_with_tags(client, "v1", raw, media_type, ["v2"])
+    assert response.status_code == 201, response.text
+    assert oci_tags(response) == ["v1", "v2"]
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["v1", "v2"]
+
+
+def test_push_by_digest_without_tag_parameters_names_no_tag(client: TestClient) -> None:
+    raw, media_type = oci_image(client)
+    response = put_manifest(client, REPO, sha256(raw), raw, media_type)
+    assert response.status_code == 201
+    assert "oci-tag" not in response.headers
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == []
+
+
+@pytest.mark.parametrize("bad", ["", ".INVALID_MANIFEST_NAME", "x" * 129])
+def test_an_invalid_tag_parameter_refuses_the_whole_push(client: TestClient, bad: str) -> None:
+    raw, media_type = oci_image(client)
+    errors_of(push_with_tags(client, sha256(raw), raw, media_type, ["good", bad]), 400, "TAG_INVALID")
+    errors_of(client.get(f"/v2/{REPO}/manifests/{sha256(raw)}"), 404, "MANIFEST_UNKNOWN")
+    errors_of(client.get(f"/v2/{REPO}/manifests/good"), 404, "MANIFEST_UNKNOWN")
+
+
+def test_sha512_index_pushed_with_tag_parameters_round_trip(client: TestClient) -> None:
+    """The distribution-spec conformance "tag-param-sha512" flow: sha512 blobs, images and an index pushed by
+    digest with `tag=` parameters; every answer names the sha512 digest; deletes by digest work, then 404."""
+    children = [(sha512_image(client, seed), OCI_MANIFEST) for seed in ("amd64", "arm64")]
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [sha512_descriptor(OCI_MANIFEST, raw) for raw, _ in children],
+        }
+    ).encode()
+    pushed: dict[str, tuple[bytes, str, list[str]]] = {}
+    for n, (raw, media_type) in enumerate([*children, (index, OCI_INDEX)]):
+        tags = [f"tag-param-sha512-{n}", f"also-{n}"]
+        response = push_with_tags(client, sha512(raw), raw, media_type, tags)
+        assert response.status_code == 201, response.text
+        assert response.headers["docker-content-digest"] == sha512(raw)
+        assert response.headers["location"] == f"/v2/{REPO}/manifests/{sha512(raw)}"
+        assert sorted(oci_tags(response)) == sorted(tags)
+        pushed[sha512(raw)] = (raw, media_type, tags)
+
+    for digest, (raw, media_type, tags) in pushed.items():
+        for reference in (digest, *tags):
+            got = client.get(f"/v2/{REPO}/manifests/{reference}", headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"})
+            assert got.status_code == 200, (reference, got.text)
+            assert (got.content, got.headers["content-type"]) == (raw, media_type)
+            assert got.headers["docker-content-digest"] == digest, reference
+            head = client.head(f"/v2/{REPO}/manifests/{reference}")
+            assert head.status_code == 200
+            assert head.headers["docker-content-digest"] == digest, reference
+            assert head.headers["content-length"] == str(len(raw))
+    listed = client.get(f"/v2/{REPO}/tags/list").json()["tags"]
+    assert sorted(listed) == sorted(tag for _, _, tags in pushed.values() for tag in tags)
+
+    for _, _, tags in pushed.values():
+        for tag in tags:
+            assert client.delete(f"/v2/{REPO}/manifests/{tag}").status_code == 202
+            assert client.head(f"/v2/{REPO}/manifests/{tag}").status_code == 404
+    for digest in reversed(list(pushed)):  # the index first: its children are listed by it until then
+        response = client.delete(f"/v2/{REPO}/manifests/{digest}")
+        assert response.status_code == 202, response.text
+        assert client.head(f"/v2/{REPO}/manifests/{digest}").status_code == 404
+        errors_of(client.delete(f"/v2/{REPO}/manifests/{digest}"), 404, "MANIFEST_UNKNOWN")
 
 
 def test_repush_of_identical_bytes_succeeds(client: TestClient) -> None:
@@ -351,10 +470,17 @@ def test_boundary_repository_names_are_valid(client: TestClient, name: str) -> N
     push_image(client, name)
 
 
-@pytest.mark.parametrize("tag", ["-v1", ".v1", "v" * 129, "v1+build", "v1~x"])
+@pytest.mark.parametrize("tag", ["-v1", ".v1", "v" * 129, "v1+build", "v1~x", ".INVALID_MANIFEST_NAME"])
 def test_invalid_tag(client: TestClient, tag: str) -> None:
+    """Pushing to an invalid tag is refused (400); pulling or deleting one finds nothing (404), as the spec's
+    pull and the conformance suite want: no manifest can be known by such a name."""
     raw, media_type = oci_image(client)
     errors_of(put_manifest(client, REPO, tag, raw, media_type), 400, "TAG_INVALID")
+    push_image(client, REPO, "v1")
+    errors_of(client.get(f"/v2/{REPO}/manifests/{tag}"), 404, "MANIFEST_UNKNOWN")
+    head = client.head(f"/v2/{REPO}/manifests/{tag}")
+    assert head.status_code == 404
+    errors_of(client.delete(f"/v2/{REPO}/manifests/{tag}"), 404, "MANIFEST_UNKNOWN")
 
 
 @pytest.mark.parametrize("tag", ["_", "V1.0-rc_1", "x" * 128])

@@ -243,6 +243,20 @@ def test_a_pull_only_user_asking_pull_and_push_gets_pull_only(bearer_server: Ser
     assert http.post(f"/v2/{name}/blobs/uploads/", headers=bearer(again)).status_code == 401
 
 
+def test_an_anonymous_mount_needs_the_token_to_grant_pull_on_the_holder(http: httpx.Client) -> None:
+    """`mount` without `from` reads only where the token reaches: IAM allowing root everywhere is not enough."""
+    source, target = unique("holder"), unique("mount-target")
+    _, layer = seed_repository(http, source)
+    narrow = token_for(http, ROOT_AUTH, f"repository:{target}:pull,push")
+    fallback = http.post(f"/v2/{target}/blobs/uploads/", params={"mount": layer}, headers=bearer(narrow))
+    assert fallback.status_code == 202, fallback.text
+    assert http.delete(fallback.headers["location"], headers=bearer(narrow)).status_code == 204
+    wide = token_for(http, ROOT_AUTH, f"repository:{target}:pull,push", f"repository:{source}:pull")
+    mounted = http.post(f"/v2/{target}/blobs/uploads/", params={"mount": layer}, headers=bearer(wide))
+    assert mounted.status_code == 201, mounted.text
+    assert http.get(f"/v2/{target}/blobs/{layer}", headers=bearer(narrow)).status_code == 200
+
+
 def test_anonymous_tokens_grant_nothing_on_private_repositories(http: httpx.Client) -> None:
     name = unique("private")
     seed_repository(http, name)

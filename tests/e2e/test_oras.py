@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -284,3 +285,52 @@ def test_helm_chart_round_trips_as_an_oci_artifact(
     assert [Path(path).name for path in pulled] == ["hello-0.1.0.tgz"]
     assert Path(pulled[0]).read_bytes() == chart
     assert chart_contents(Path(pulled[0]).read_bytes()) == {f"hello/{p}": t for p, t in CHART_FILES.items()}
+
+
+def test_a_sha512_artifact_pushed_with_tag_parameters_is_pulled_and_deleted_by_oras(
+    server: ServerProcess, oras_client: oras.provider.Registry, docker_config: str, tmp_path: Path
+) -> None:
+    """Content addressed by sha512, pushed by digest with `tag=` parameters (oras-py cannot push sha512 itself);
+    oras-py pulls it by tag, then deletes a tag its way: HEAD the tag, DELETE the digest the HEAD named."""
+    content, config = b"addressed by sha512\n" * 64, b"{}"
+    layer = {
+        "mediaType": "text/plain",
+        "digest": "sha512:" + hashlib.sha512(content).hexdigest(),
+        "size": len(content),
+        "annotations": {oras.defaults.annotation_title: "note.txt"},
+    }
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.note",
+        "config": {"mediaType": EMPTY_CONFIG, "digest": "sha512:" + hashlib.sha512(config).hexdigest(), "size": 2},
+        "layers": [layer],
+    }
+    raw = json.dumps(document).encode()
+    digest = "sha512:" + hashlib.sha512(raw).hexdigest()
+    with server.client() as http:
+        for blob in (content, config):
+            blob_digest = "sha512:" + hashlib.sha512(blob).hexdigest()
+            uploaded = http.post("/v2/notes/long-digest/blobs/uploads/", params={"digest": blob_digest}, content=blob)
+            assert uploaded.status_code == 201, uploaded.text
+        pushed = http.put(
+            f"/v2/notes/long-digest/manifests/{digest}?tag=one&tag=two",
+            content=raw,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert pushed.status_code == 201, pushed.text
+        assert pushed.headers["docker-content-digest"] == digest
+        assert pushed.headers["oci-tag"] == "one, two"
+
+    pulled = oras_client.pull(
+        f"{server.host}/notes/long-digest:one", outdir=str(tmp_path / "pulled"), config_path=docker_config
+    )
+    assert [Path(path).read_bytes() for path in pulled] == [content]
+    assert oras_client.get_tags(f"{server.host}/notes/long-digest") == ["one", "two"]
+
+    assert oras_client.delete_tag(f"{server.host}/notes/long-digest", "one")  # deletes the manifest, both tags with it
+    with server.client() as http:
+        for reference in (digest, "one", "two"):
+            gone = http.get(f"/v2/notes/long-digest/manifests/{reference}")
+            assert gone.status_code == 404, (reference, gone.text)
+        assert http.delete(f"/v2/notes/long-digest/manifests/{digest}").status_code == 404

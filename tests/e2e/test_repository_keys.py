@@ -174,6 +174,18 @@ def test_content_is_deduplicated_within_a_key_and_never_mounted_across_keys(
         assert within.status_code == 201, within.text  # the same key: one copy serves both
         assert http.get(f"/v2/{second}/blobs/{layer}").content == layout_blobs(tmp_path / "src")[layer]
 
+        # Without `from` the registry looks for a holder itself, on the target's key only: the AES256 holder
+        # (whose name sorts first) is passed over for the one on the same key; on a third key nothing mounts.
+        third = _name("kms")
+        ecr.create_repository(repositoryName=third, encryptionConfiguration={"encryptionType": "KMS", "kmsKey": arn})
+        anonymous = http.post(f"/v2/{third}/blobs/uploads/", params={"mount": layer})
+        assert anonymous.status_code == 201, anonymous.text
+        assert http.get(f"/v2/{third}/blobs/{layer}").content == layout_blobs(tmp_path / "src")[layer]
+        elsewhere, _ = _kms_repository(ecr, kms)
+        refused = http.post(f"/v2/{elsewhere}/blobs/uploads/", params={"mount": layer})
+        assert refused.status_code == 202, refused.text
+        http.delete(refused.headers["Location"])
+
     key_id = arn.rsplit("/", 1)[1]
     storage = keyed_server.data_dir / "storage"
     hex_digest = layer.split(":")[1]

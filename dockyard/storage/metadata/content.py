@@ -17,6 +17,7 @@ from dockyard.domain.ports import (
     ImageRow,
     ManifestRecord,
     ManifestReference,
+    Repository,
     TagGuard,
     UploadSession,
 )
@@ -24,6 +25,7 @@ from dockyard.storage.metadata.base import StoreBase
 from dockyard.storage.metadata.rows import (
     manifest_record,
     manifest_row,
+    repository_record,
 )
 from dockyard.storage.metadata.schema import (
     _GET_MANIFEST,
@@ -32,6 +34,7 @@ from dockyard.storage.metadata.schema import (
     blobs,
     manifest_references,
     manifests,
+    repositories,
     repository_blobs,
     tags,
     uploads,
@@ -72,6 +75,21 @@ class ContentRecords(StoreBase):
                 )
             )
         return result.rowcount > 0
+
+    def repositories_linking_blob(self, account_id: str, region: str, digest: Digest, limit: int) -> list[Repository]:
+        query = (
+            select(repositories)
+            .join(repository_blobs, repository_blobs.c.repository_id == repositories.c.id)
+            .where(
+                repositories.c.account_id == account_id,
+                repositories.c.region == region,
+                repository_blobs.c.digest == str(digest),
+            )
+            .order_by(repositories.c.name)
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [repository_record(row) for row in connection.execute(query)]
 
     def create_upload(self, session: UploadSession) -> None:
         with self._write() as connection:

@@ -131,6 +131,20 @@ def test_blob_links_are_per_repository(store: SqlMetadataStore) -> None:
     assert store.linked_blob_size(first.id, L1) is None
 
 
+def test_repositories_linking_a_blob_are_those_of_one_registry_by_name(store: SqlMetadataStore) -> None:
+    holders = [repo(store, name) for name in ("b/holder", "a/holder", "c/holder")]
+    elsewhere = [repo(store, "a/other-region", region="eu-west-1"), repo(store, "a/other-account", "210987654321")]
+    for repository in [*holders, *elsewhere]:
+        store.link_blob(repository.id, L1, 42, T0)
+    store.link_blob(repo(store, "a/without").id, L2, 42, T0)
+    names = [r.ref.name for r in store.repositories_linking_blob(ACCOUNT, REGION, L1, 10)]
+    assert names == ["a/holder", "b/holder", "c/holder"]
+    assert [r.ref.name for r in store.repositories_linking_blob(ACCOUNT, REGION, L1, 2)] == ["a/holder", "b/holder"]
+    store.unlink_blob(holders[0].id, L1)  # b/holder
+    assert [r.ref.name for r in store.repositories_linking_blob(ACCOUNT, REGION, L1, 10)] == ["a/holder", "c/holder"]
+    assert store.repositories_linking_blob(ACCOUNT, REGION, L3, 10) == []
+
+
 def test_upload_sessions(store: SqlMetadataStore) -> None:
     session = UploadSession("0f7b2f0e-2a5f-4c39-9c52-3d0c1a0d8a11", repo(store).id, T0)
     store.create_upload(session)
