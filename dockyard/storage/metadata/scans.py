@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     delete,
     func,
     select,
@@ -75,6 +77,21 @@ class ScanRecords(StoreBase):
     def count_vulnerabilities(self) -> int:
         with self._read() as connection:
             return int(connection.execute(select(func.count()).select_from(vulnerabilities)).scalar_one())
+
+    def has_vulnerabilities_for(self, ecosystem: str) -> bool:
+        # `Debian` or `Debian:<release>`: a range on the primary key's leading column (`;` follows `:`), which
+        # SQLite answers from the index. The range holds in byte order only: PostgreSQL's linguistic
+        # collations skip punctuation, so there it compares in "C".
+        column: ColumnElement[Any] = vulnerability_packages.c.ecosystem
+        if self._dialect == "postgresql":
+            column = column.collate("C")
+        query = (
+            select(column)
+            .where((column == ecosystem) | ((column > f"{ecosystem}:") & (column < f"{ecosystem};")))
+            .limit(1)
+        )
+        with self._read() as connection:
+            return connection.execute(query).first() is not None
 
     def request_scan(self, repository_id: int, digest: Digest, now: datetime) -> None:
         """Queue a scan (PENDING), replacing the previous result of the image."""
