@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Final
 
 import typer
+from rich import filesize
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -187,7 +188,8 @@ def scan_db_update(
             continue
         console.print(_report_line(name, report), soft_wrap=True, highlight=False)
     if failed:
-        _error(f"not updated: {', '.join(failed)} ({len(failed)} of {len(wanted)} ecosystems); the rest were imported")
+        rest = "none was updated" if len(failed) == len(wanted) else "the others were updated"
+        _error(f"not updated: {', '.join(failed)} ({len(failed)} of {len(wanted)} ecosystems); {rest}")
         raise typer.Exit(1)
 
 
@@ -279,7 +281,7 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
             task = progress.add_task(label, total=total)
             yield lambda size: progress.advance(task, size)
         return
-    size = f" ({_megabytes(total)})" if total is not None else ""
+    size = f" ({_size(total)})" if total is not None else ""
     typer.echo(f"{label}: downloading{size}", err=True)
     started, received = time.monotonic(), [0]
 
@@ -287,11 +289,11 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
         received[0] += chunk
 
     yield advance
-    typer.echo(f"{label}: downloaded {_megabytes(received[0])} in {time.monotonic() - started:.1f} s", err=True)
+    typer.echo(f"{label}: downloaded {_size(received[0])} in {time.monotonic() - started:.1f} s", err=True)
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+def _size(size: int) -> str:
+    return filesize.decimal(size)
 
 
 def scan(
