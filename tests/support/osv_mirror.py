@@ -41,8 +41,10 @@ class OsvMirror:
     def path_of(ecosystem: str) -> str:
         return f"/{urllib.parse.quote(ecosystem)}/all.zip"
 
-    def put(self, ecosystem: str, body: bytes, **options: object) -> None:
-        self.objects[self.path_of(ecosystem)] = Served(body, **options)  # type: ignore[arg-type]
+    def put(
+        self, ecosystem: str, body: bytes, declared_length: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.objects[self.path_of(ecosystem)] = Served(body, declared_length, headers or {})
 
     def remove(self, ecosystem: str) -> None:
         del self.objects[self.path_of(ecosystem)]
@@ -66,7 +68,7 @@ class OsvMirror:
                 self.end_headers()
                 self.wfile.write(served.body)  # HTTP/1.0: the connection closes after the body
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
