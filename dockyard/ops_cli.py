@@ -32,7 +32,7 @@ from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
 from dockyard.domain.scanning.layout import scan_layout
-from dockyard.domain.scanning.service import ImportReport, incomplete_description
+from dockyard.domain.scanning.service import ImageScanner, ImportReport, incomplete_description
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import prepare
 
@@ -125,17 +125,29 @@ def scan_db_import(
 ) -> None:
     """Import (or incrementally refresh) advisories from OSV per-ecosystem all.zip bulk files."""
     services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
-    for source in sources:
-        try:
-            with _local_copy(source) as path:
-                report = services.vulnerabilities.import_zip(path, source_name=source)
-        except DownloadError as error:
-            _error(str(error))
-            raise typer.Exit(1) from None
-        except DockyardError as error:
-            _error(f"{source}: {error.message}")
-            raise typer.Exit(1) from None
-        console.print(_report_line(source, report), soft_wrap=True, highlight=False)
+    imported = False
+    try:
+        for source in sources:
+            try:
+                with _local_copy(source) as path:
+                    report = services.vulnerabilities.import_zip(path, source_name=source)
+            except DownloadError as error:
+                _error(str(error))
+                raise typer.Exit(1) from None
+            except DockyardError as error:
+                _error(f"{source}: {error.message}")
+                raise typer.Exit(1) from None
+            imported = True
+            console.print(_report_line(source, report), soft_wrap=True, highlight=False)
+    finally:
+        if imported:  # what was imported before a failure counts too
+            _rescan_incomplete(services.scanner)
+
+
+def _rescan_incomplete(scanner: ImageScanner) -> None:
+    """Scans FAILED for want of advisories run again by themselves (a running server's workers take them)."""
+    if queued := scanner.rescan_incomplete():
+        console.print(f"{queued} scan(s) that lacked advisories queued again", highlight=False)
 
 
 def _known_ecosystem(text: str) -> str:
@@ -187,6 +199,8 @@ def scan_db_update(
             failed.append(name)
             continue
         console.print(_report_line(name, report), soft_wrap=True, highlight=False)
+    if len(failed) < len(wanted):
+        _rescan_incomplete(services.scanner)
     if failed:
         rest = "none was updated" if len(failed) == len(wanted) else "the others were updated"
         _error(f"not updated: {', '.join(failed)} ({len(failed)} of {len(wanted)} ecosystems); {rest}")

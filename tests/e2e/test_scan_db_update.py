@@ -259,10 +259,16 @@ def test_a_scan_without_advisories_is_failed_and_the_rescan_after_update_is_not_
     assert detail["imageScanStatus"] == scan_status
     assert "imageScanFindingsSummary" not in detail
 
-    # PyPI only: still FAILED (Debian and npm unknown), the PyPI part counted; the rescan is not refused.
+    # A FAILED scan did not use the day's quota: StartImageScan runs again at once (and fails the same way).
+    assert _scan(ecr, repository, image.name)["imageScanStatus"] == scan_status
+
+    # PyPI only: the update queues the incomplete scan again by itself; still FAILED (Debian and npm have
+    # no advisories), with the PyPI part counted.
     records = load_records()
-    assert update(empty_server.data_dir, mirror, "PyPI").returncode == 0
-    partial = _scan(ecr, repository, image.name)["imageScanStatus"]
+    pypi = update(empty_server.data_dir, mirror, "PyPI")
+    assert pypi.returncode == 0, describe(pypi)
+    assert "1 scan(s) that lacked advisories queued again" in pypi.stderr
+    partial = wait_for_scan(ecr, repository, {"imageTag": image.name})["imageScanStatus"]
     assert partial["status"] == "FAILED", partial
     pypi_findings = expected_findings([r for r in records if _ecosystems(r) == {"PyPI"}], image.present)
     assert partial["description"].startswith(
@@ -271,9 +277,10 @@ def test_a_scan_without_advisories_is_failed_and_the_rescan_after_update_is_not_
     ), partial
     assert f"Evaluated: 5 packages of the other ecosystems, {len(pypi_findings)} finding(s) (" in partial["description"]
 
-    # Everything imported: COMPLETE with the advisories' findings, at once.
-    assert update(empty_server.data_dir, mirror, "Debian", "npm", "Alpine").returncode == 0
-    complete = _scan(ecr, repository, image.name)
+    # Everything imported: COMPLETE with the advisories' findings, without anyone asking again.
+    rest = update(empty_server.data_dir, mirror, "Debian", "npm", "Alpine")
+    assert rest.returncode == 0, describe(rest)
+    complete = wait_for_scan(ecr, repository, {"imageTag": image.name})
     assert complete["imageScanStatus"]["status"] == "COMPLETE", complete["imageScanStatus"]
     assert reported(complete["imageScanFindings"]["findings"]) == expected_findings(records, image.present)
     detail = ecr.describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])["imageDetails"][0]
@@ -281,10 +288,12 @@ def test_a_scan_without_advisories_is_failed_and_the_rescan_after_update_is_not_
     counts = complete["imageScanFindings"]["findingSeverityCounts"]
     assert detail["imageScanFindingsSummary"]["findingSeverityCounts"] == counts
 
-    # A verdict uses the day's quota, as ECR.
+    # A verdict uses the day's quota, as ECR; and a later import leaves a COMPLETE scan alone.
     with pytest.raises(ClientError) as again:
         ecr.start_image_scan(repositoryName=repository, imageId={"imageTag": image.name})
     assert error_code(again.value) == "LimitExceededException"
+    once_more = update(empty_server.data_dir, mirror, "PyPI")
+    assert once_more.returncode == 0 and "queued again" not in once_more.stderr, describe(once_more)
 
 
 def _ecosystems(record: dict[str, Any]) -> set[str]:

@@ -39,6 +39,7 @@ IMPORT_BATCH: Final = 1000
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 SCAN_CLAIM: Final = timedelta(minutes=15)
 SCANS_PER_IMAGE_PER_DAY: Final = 1  # ECR's basic-scanning quota for StartImageScan
+INCOMPLETE: Final = "The scan is incomplete: no advisory database for ecosystem"
 UPDATE_HINT: Final = "run `dockyard scan-db update` (or `dockyard scan-db import`), then scan again"
 _LAYER_HINTS: Final = ("tar", "layer")
 
@@ -223,6 +224,10 @@ class ImageScanner:
         self.metadata.request_scan(repository.id, digest, now)
         return ScanRecord("PENDING", "The scan is waiting to start.", now, None, None, None)
 
+    def rescan_incomplete(self) -> int:
+        """After an import: queue again the scans that were FAILED for want of an ecosystem's advisories."""
+        return self.metadata.requeue_failed_scans(INCOMPLETE, self.clock())
+
     def work_once(self) -> bool:
         """Claim and run one queued scan; False when the queue is empty."""
         now = self.clock()
@@ -308,7 +313,7 @@ def incomplete_description(findings: ScanFindings) -> str:
     """Why a scan is no verdict: the ecosystems without advisories, and what the covered rest showed."""
     missing = ", ".join(f"{name} ({_packages(count)} not evaluated)" for name, count in findings.uncovered)
     plural = "s" if len(findings.uncovered) > 1 else ""
-    text = f"The scan is incomplete: no advisory database for ecosystem{plural} {missing}; {UPDATE_HINT}."
+    text = f"{INCOMPLETE}{plural} {missing}; {UPDATE_HINT}."
     evaluated = findings.scanned_packages + len(findings.unscannable)
     if evaluated:
         counts = ", ".join(f"{level} {count}" for level, count in findings.severity_counts.items())

@@ -106,6 +106,24 @@ class ScanRecords(StoreBase):
         }
         self._upsert(image_scans, {"repository_id": repository_id, "digest": str(digest)}, values)
 
+    def requeue_failed_scans(self, description_prefix: str, now: datetime) -> int:
+        table = image_scans
+        query = (
+            update(table)
+            .where(table.c.status == "FAILED", table.c.description.startswith(description_prefix, autoescape=True))
+            .values(
+                status="PENDING",
+                description="The scan is waiting to start.",
+                requested_at=now,
+                completed_at=None,
+                findings=None,
+                claimed_by=None,
+                claim_expires_at=None,
+            )
+        )
+        with self._write() as connection:
+            return int(connection.execute(query).rowcount)
+
     def claim_scan(self, owner: str, until: datetime, now: datetime) -> tuple[int, Digest] | None:
         """Take the oldest pending scan, or one whose claimant died (its claim expired)."""
         table = image_scans
