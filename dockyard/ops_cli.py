@@ -164,6 +164,7 @@ def scan_db_update(
         list[str] | None,
         typer.Option(
             "--ecosystem",
+            metavar="NAME",
             help=f"Only this OSV ecosystem (repeatable). Default: all Dockyard scans, {', '.join(SCANNED_ECOSYSTEMS)}.",
         ),
     ] = None,
@@ -177,7 +178,8 @@ def scan_db_update(
 
     Each archive is streamed to a temporary file and verified (length, the bucket's MD5, every record's
     CRC) before anything is imported: a failed download leaves that ecosystem's advisories as they were.
-    Exit status 1 when any ecosystem could not be updated (the others are), 2 for bad options.
+    Scans that failed for want of advisories are then queued again. Exit status 1 when any ecosystem could
+    not be updated (the others are), 2 for bad options.
     """
     wanted = list(dict.fromkeys(_known_ecosystem(name) for name in ecosystem)) if ecosystem else SCANNED_ECOSYSTEMS
     base = source_url.rstrip("/")
