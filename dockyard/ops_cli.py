@@ -22,6 +22,7 @@ from typing import IO, Annotated, Any, Final
 import typer
 from rich import filesize
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -110,7 +111,7 @@ class DownloadError(Exception):
 
 def _error(text: str) -> None:
     # soft_wrap: an error stays one line when stderr is a pipe (Rich wraps at 80 columns otherwise)
-    console.print(f"[red]{text}[/]", soft_wrap=True, markup=True, highlight=False)
+    console.print(f"[red]{escape(text)}[/]", soft_wrap=True, highlight=False)  # escape: URLs, "[Errno 111]"
 
 
 def _report_line(label: str, report: ImportReport) -> str:
