@@ -1,19 +1,29 @@
-"""`dockyard gc` and `dockyard lifecycle run`: background work, run now, on a data directory."""
+"""`dockyard gc`, `lifecycle run`, `scan-db` and `scan`: background work and scanning, run now, on a data directory."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
+import http.client
 import json
-import shutil
 import tempfile
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email.message import Message
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, Any, Final
 
 import typer
+from rich import filesize
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from dockyard.config import Settings
@@ -21,7 +31,9 @@ from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
+from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
 from dockyard.domain.scanning.layout import scan_layout
+from dockyard.domain.scanning.service import ImageScanner, ImportReport, incomplete_description
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import prepare
 
@@ -88,6 +100,22 @@ def gc(
 
 
 scan_db_app = typer.Typer(help="The offline vulnerability database (OSV advisories).", no_args_is_help=True)
+OSV_BUCKET: Final = "https://osv-vulnerabilities.storage.googleapis.com"
+DOWNLOAD_TIMEOUT: Final = 60.0  # seconds without a byte (per socket operation), not for the whole file
+_CHUNK: Final = 1 << 20
+
+
+class DownloadError(Exception):
+    """A download that cannot be used: unreachable, refused, truncated or corrupt (a one-line message)."""
+
+
+def _error(text: str) -> None:
+    # soft_wrap: an error stays one line when stderr is a pipe (Rich wraps at 80 columns otherwise)
+    console.print(f"[red]{escape(text)}[/]", soft_wrap=True, highlight=False)  # escape: URLs, "[Errno 111]"
+
+
+def _report_line(label: str, report: ImportReport) -> str:
+    return f"{label}: {report.written} advisories written, {report.unchanged} unchanged, {report.rejected} rejected"
 
 
 @scan_db_app.command("import")
@@ -98,16 +126,88 @@ def scan_db_import(
 ) -> None:
     """Import (or incrementally refresh) advisories from OSV per-ecosystem all.zip bulk files."""
     services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
-    for source in sources:
-        with _local_copy(source) as path:
+    imported = False
+    try:
+        for source in sources:
             try:
-                report = services.vulnerabilities.import_zip(path, source_name=source)
-            except DockyardError as error:
-                console.print(f"[red]{source}: {error.message}[/]")
+                with _local_copy(source) as path:
+                    report = services.vulnerabilities.import_zip(path, source_name=source)
+            except DownloadError as error:
+                _error(str(error))
                 raise typer.Exit(1) from None
-        console.print(
-            f"{source}: {report.written} advisories written, {report.unchanged} unchanged, {report.rejected} rejected"
-        )
+            except DockyardError as error:
+                _error(f"{source}: {error.message}")
+                raise typer.Exit(1) from None
+            imported = True
+            console.print(_report_line(source, report), soft_wrap=True, highlight=False)
+    finally:
+        if imported:  # what was imported before a failure counts too
+            _rescan_incomplete(services.scanner)
+
+
+def _rescan_incomplete(scanner: ImageScanner) -> None:
+    """Scans FAILED for want of advisories run again by themselves (a running server's workers take them)."""
+    if queued := scanner.rescan_incomplete():
+        console.print(f"{queued} scan(s) that lacked advisories queued again", highlight=False)
+
+
+def _known_ecosystem(text: str) -> str:
+    """An ecosystem named on the command line, spelled as OSV spells it (`pypi` is `PyPI`)."""
+    for name in SCANNED_ECOSYSTEMS:
+        if name.lower() == text.strip().lower():
+            return name
+    raise typer.BadParameter(f"{text!r} is not an ecosystem Dockyard scans ({', '.join(SCANNED_ECOSYSTEMS)})")
+
+
+@scan_db_app.command("update")
+def scan_db_update(
+    ecosystem: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ecosystem",
+            metavar="NAME",
+            help=f"Only this OSV ecosystem (repeatable). Default: all Dockyard scans, {', '.join(SCANNED_ECOSYSTEMS)}.",
+        ),
+    ] = None,
+    source_url: Annotated[
+        str, typer.Option(help="Base URL that serves <Ecosystem>/all.zip: OSV's public bucket, or a mirror.")
+    ] = OSV_BUCKET,
+    data_dir: DataDir = Path("dockyard-data"),
+    database: Database = None,
+) -> None:
+    """Download OSV's per-ecosystem all.zip archives and import them (as `scan-db import` does).
+
+    Each archive is streamed to a temporary file and verified (length, the bucket's MD5, every record's
+    CRC) before anything is imported: a failed download leaves that ecosystem's advisories as they were.
+    Scans that failed for want of advisories are then queued again. Exit status 1 when any ecosystem could
+    not be updated (the others are), 2 for bad options.
+    """
+    wanted = list(dict.fromkeys(_known_ecosystem(name) for name in ecosystem)) if ecosystem else SCANNED_ECOSYSTEMS
+    base = source_url.rstrip("/")
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https") or not urllib.parse.urlsplit(base).netloc:
+        raise typer.BadParameter(f"{source_url!r} is not an http(s) URL", param_hint="--source-url")
+    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    failed: list[str] = []
+    for name in wanted:
+        url = f"{base}/{urllib.parse.quote(name)}/all.zip"
+        try:
+            with _downloaded(url, name) as path:
+                report = services.vulnerabilities.import_zip(path, source_name=url)
+        except DownloadError as error:
+            _error(f"{name}: {error}")
+            failed.append(name)
+            continue
+        except DockyardError as error:
+            _error(f"{name}: {url}: {error.message}")
+            failed.append(name)
+            continue
+        console.print(_report_line(name, report), soft_wrap=True, highlight=False)
+    if len(failed) < len(wanted):
+        _rescan_incomplete(services.scanner)
+    if failed:
+        rest = "none was updated" if len(failed) == len(wanted) else "the others were updated"
+        _error(f"not updated: {', '.join(failed)} ({len(failed)} of {len(wanted)} ecosystems); {rest}")
+        raise typer.Exit(1)
 
 
 @scan_db_app.command("status")
@@ -125,11 +225,92 @@ def _local_copy(source: str) -> Iterator[Path]:
     if not source.startswith(("http://", "https://")):
         yield Path(source)
         return
-    with tempfile.NamedTemporaryFile(suffix=".zip") as file:
-        with urllib.request.urlopen(source, timeout=120) as response:  # noqa: S310 (http(s) only, checked above)
-            shutil.copyfileobj(response, file, 1 << 20)
+    with _downloaded(source, Path(urllib.parse.urlsplit(source).path).name or source) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def _downloaded(url: str, label: str) -> Iterator[Path]:
+    """The URL's content in a temporary file (removed afterwards), complete and intact or DownloadError."""
+    with tempfile.NamedTemporaryFile(prefix="dockyard-osv-", suffix=".zip") as file:
+        _download(url, file, label)
         file.flush()
         yield Path(file.name)
+
+
+def _download(url: str, target: IO[bytes], label: str) -> None:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise DownloadError(f"{url}: not an http(s) URL")
+    request = urllib.request.Request(url, headers={"User-Agent": "dockyard-scan-db"})  # noqa: S310 (checked above)
+    try:
+        response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 (checked above)
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise DownloadError(f"{url}: cannot connect: {error.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise DownloadError(f"{url}: {error}") from None
+    with response:
+        length = _content_length(response.headers)
+        expected_md5 = _gcs_md5(response.headers)
+        md5 = hashlib.md5(usedforsecurity=False)
+        received = 0
+        try:
+            with _progress(label, length) as advance:
+                while chunk := response.read(_CHUNK):
+                    target.write(chunk)
+                    md5.update(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+        except (OSError, http.client.HTTPException) as error:
+            raise DownloadError(f"{url}: the download broke off after {received} bytes: {error}") from None
+    # http.client does not raise when a response ends short of its Content-Length: check it here.
+    if length is not None and received != length:
+        raise DownloadError(f"{url}: truncated download: {received} of {length} bytes")
+    if expected_md5 is not None and md5.digest() != expected_md5:
+        raise DownloadError(f"{url}: corrupt download: its MD5 differs from the server's x-goog-hash")
+
+
+def _content_length(headers: Message) -> int | None:
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _gcs_md5(headers: Message) -> bytes | None:
+    """The MD5 Google Cloud Storage states for the object (`x-goog-hash: crc32c=…,md5=…`); mirrors may not."""
+    for header in headers.get_all("x-goog-hash") or []:
+        for part in header.split(","):
+            kind, _, value = part.strip().partition("=")
+            if kind == "md5":
+                try:
+                    return base64.b64decode(value, validate=True)
+                except binascii.Error:
+                    return None
+    return None
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on a terminal; a line at the start and at the end otherwise (logs, CI)."""
+    if console.is_terminal:
+        columns = (TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda size: progress.advance(task, size)
+        return
+    size = f" ({_size(total)})" if total is not None else ""
+    typer.echo(f"{label}: downloading{size}", err=True)
+    started, received = time.monotonic(), [0]
+
+    def advance(chunk: int) -> None:
+        received[0] += chunk
+
+    yield advance
+    typer.echo(f"{label}: downloaded {_size(received[0])} in {time.monotonic() - started:.1f} s", err=True)
+
+
+def _size(size: int) -> str:
+    return filesize.decimal(size)
 
 
 def scan(
@@ -153,6 +334,15 @@ def scan(
         **findings.to_ecr(),
         "vulnerabilitySourceUpdatedAt": updated.isoformat() if updated else None,
     }
+    if findings.uncovered:
+        document["notEvaluated"] = dict(findings.uncovered)
+    _print_findings(document, output)
+    if findings.uncovered:  # the findings printed are not the whole image's: never a clean exit
+        _error(incomplete_description(findings))
+        raise typer.Exit(1)
+
+
+def _print_findings(document: dict[str, Any], output: str) -> None:
     if output == "json":
         typer.echo(json.dumps(document, indent=2))
         return

@@ -6,7 +6,14 @@ ranges and rates their severity; `inventory` reads the packages of an image from
 """
 
 from dockyard.domain.scanning.errors import SCAN_FAILED, ScanFailed
-from dockyard.domain.scanning.inventory import Inventory, InventoryLimits, OperatingSystem, Package, read_inventory
+from dockyard.domain.scanning.inventory import (
+    SCANNED_ECOSYSTEMS,
+    Inventory,
+    InventoryLimits,
+    OperatingSystem,
+    Package,
+    read_inventory,
+)
 from dockyard.domain.scanning.matching import (
     Finding,
     Lookup,
@@ -18,6 +25,7 @@ from dockyard.domain.scanning.matching import (
 from dockyard.domain.scanning.osv import AdvisoryIndex, OsvRecord, Severity, iter_zip_records, parse_record
 
 __all__ = [
+    "SCANNED_ECOSYSTEMS",
     "SCAN_FAILED",
     "AdvisoryIndex",
     "Finding",

@@ -56,6 +56,21 @@ class InventoryLimits:
     max_path_depth: int = 256
 
 
+# The OSV ecosystems (release qualifiers aside) whose advisories scans query: those `osv_ecosystem` names and
+# the language managers' (`_LANGUAGE_ECOSYSTEMS`). `dockyard scan-db update` downloads these.
+SCANNED_ECOSYSTEMS: Final = (
+    "AlmaLinux",
+    "Alpine",
+    "Chainguard",
+    "Debian",
+    "npm",
+    "PyPI",
+    "Rocky Linux",
+    "Ubuntu",
+    "Wolfi",
+)
+
+
 @dataclass(frozen=True)
 class OperatingSystem:
     id: str

@@ -82,6 +82,9 @@ class ScanFindings:
     findings: tuple[Finding, ...]
     unscannable: tuple[Unscannable, ...]
     scanned_packages: int
+    # (OSV ecosystem, package count) for the image's ecosystems the advisory database holds nothing about:
+    # those packages were not evaluated, so the findings are not the image's whole story.
+    uncovered: tuple[tuple[str, int], ...] = ()
 
     @property
     def severity_counts(self) -> dict[str, int]:

@@ -13,8 +13,10 @@ import logging
 import socket
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final
@@ -28,15 +30,17 @@ from dockyard.domain.ports import MetadataStore, Repository, ScanRecord, Vulnera
 from dockyard.domain.registries import SCANNING, Registries
 from dockyard.domain.repositories import wildcard_matches
 from dockyard.domain.scanning.errors import ScanFailed
-from dockyard.domain.scanning.inventory import read_inventory
-from dockyard.domain.scanning.matching import ScanFindings, match_inventory
-from dockyard.domain.scanning.osv import OsvFormatError, OsvRecord, parse_record
+from dockyard.domain.scanning.inventory import Package, read_inventory
+from dockyard.domain.scanning.matching import ScanFindings, match_packages
+from dockyard.domain.scanning.osv import Ecosystem, OsvFormatError, OsvRecord, parse_record
 
 log = logging.getLogger("dockyard.scanning")
 IMPORT_BATCH: Final = 1000
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 SCAN_CLAIM: Final = timedelta(minutes=15)
 SCANS_PER_IMAGE_PER_DAY: Final = 1  # ECR's basic-scanning quota for StartImageScan
+INCOMPLETE: Final = "The scan is incomplete: no advisory database for ecosystem"
+UPDATE_HINT: Final = "run `dockyard scan-db update` (or `dockyard scan-db import`), then scan again"
 _LAYER_HINTS: Final = ("tar", "layer")
 
 
@@ -56,7 +60,12 @@ class VulnerabilityDatabase:
         self.clock = clock
 
     def import_zip(self, path: Path, source_name: str | None = None) -> ImportReport:
-        """Import an OSV `all.zip`; records whose `modified` stamp is unchanged are skipped (incremental)."""
+        """Import an OSV `all.zip`; records whose `modified` stamp is unchanged are skipped (incremental).
+
+        The whole archive is verified first, so a truncated or corrupt one is refused with nothing written
+        and the database stays as it was.
+        """
+        self._verify(path)
         written = unchanged = rejected = 0
         batch: list[tuple[dict[str, Any], OsvRecord]] = []
         for document, record in self._records(path):
@@ -72,6 +81,23 @@ class VulnerabilityDatabase:
         name = source_name or path.name
         self.store.record_vulnerability_source(name, self.clock(), written + unchanged)
         return ImportReport(name, written, unchanged, rejected)
+
+    @staticmethod
+    def _verify(path: Path) -> None:
+        """Read every member `_records` will read to its end, which checks its CRC-32 against the directory."""
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.infolist():
+                    if member.is_dir() or not member.filename.endswith(".json") or member.file_size > MAX_RECORD_BYTES:
+                        continue
+                    with archive.open(member) as stream:
+                        read = 0
+                        while chunk := stream.read(1 << 20):
+                            read += len(chunk)
+                            if read > member.file_size:  # a member that lies about its size (a zip bomb)
+                                raise zipfile.BadZipFile(f"{member.filename} holds more than it declares")
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+            raise ScanFailed(f"{path} is not a readable OSV zip archive: {exc}") from None
 
     def _records(self, path: Path) -> Iterator[tuple[dict[str, Any], OsvRecord | None]]:
         try:
@@ -116,6 +142,10 @@ class VulnerabilityDatabase:
             return cache[key]
 
         return find
+
+    def missing_ecosystems(self, ecosystems: Iterable[str]) -> set[str]:
+        """The OSV ecosystems (release qualifiers aside) the database holds no advisory about."""
+        return {name for name in set(ecosystems) if not self.store.has_vulnerabilities_for(name)}
 
     def updated_at(self) -> datetime | None:
         sources = self.store.vulnerability_sources()
@@ -184,13 +214,19 @@ class ImageScanner:
         previous = self.metadata.get_scans(repository.id, [digest]).get(digest)
         if previous is not None and previous.status in ("PENDING", "IN_PROGRESS"):
             return previous
-        if previous is not None and now - previous.requested_at < timedelta(days=1):
+        # A FAILED scan gave no verdict on the image (an advisory database missing, a bug, unreadable data):
+        # it does not use the day's quota, so the rescan after `dockyard scan-db update` runs at once.
+        if previous is not None and previous.status != "FAILED" and now - previous.requested_at < timedelta(days=1):
             raise LimitExceeded(
                 f"The scan quota per image has been exceeded. Wait and try again: image {digest} was scanned at "
                 f"{previous.requested_at.isoformat()}"
             )
         self.metadata.request_scan(repository.id, digest, now)
         return ScanRecord("PENDING", "The scan is waiting to start.", now, None, None, None)
+
+    def rescan_incomplete(self) -> int:
+        """After an import: queue again the scans that were FAILED for want of an ecosystem's advisories."""
+        return self.metadata.requeue_failed_scans(INCOMPLETE, self.clock())
 
     def work_once(self) -> bool:
         """Claim and run one queued scan; False when the queue is empty."""
@@ -218,6 +254,17 @@ class ImageScanner:
             description = "The scan failed: the image could not be analysed."
             return ScanRecord("FAILED", description, requested, self.clock(), None, self.database.updated_at())
         document = {**findings.to_ecr(), "scannedPackages": findings.scanned_packages}
+        if findings.uncovered:
+            # Not a clean bill of health: FAILED (no findings are served for it, as ECR) names what is missing.
+            document["notEvaluated"] = dict(findings.uncovered)
+            return ScanRecord(
+                "FAILED",
+                incomplete_description(findings),
+                requested,
+                self.clock(),
+                json.dumps(document),
+                self.database.updated_at(),
+            )
         description = "The scan was completed successfully."
         if findings.unscannable:
             description += f" {len(findings.unscannable)} package(s) could not be evaluated."
@@ -247,4 +294,31 @@ class ImageScanner:
                 "No operating system release file and no package database were found in the image.",
                 detail="unsupported",
             )
-        return match_inventory(inventory, self.database.lookup())
+        return self.match(inventory.packages)
+
+    def match(self, packages: Sequence[Package]) -> ScanFindings:
+        """Match the packages of the ecosystems the database covers; the others are counted in `uncovered`."""
+        families = Counter(Ecosystem.parse(p.ecosystem).name for p in packages if p.ecosystem is not None)
+        missing = self.database.missing_ecosystems(families)
+        covered = [p for p in packages if p.ecosystem is None or Ecosystem.parse(p.ecosystem).name not in missing]
+        findings = match_packages(covered, self.database.lookup())
+        return replace(findings, uncovered=tuple(sorted((name, families[name]) for name in missing)))
+
+
+def _packages(count: int) -> str:
+    return f"{count} package{'' if count == 1 else 's'}"
+
+
+def incomplete_description(findings: ScanFindings) -> str:
+    """Why a scan is no verdict: the ecosystems without advisories, and what the covered rest showed."""
+    missing = ", ".join(f"{name} ({_packages(count)} not evaluated)" for name, count in findings.uncovered)
+    plural = "s" if len(findings.uncovered) > 1 else ""
+    text = f"{INCOMPLETE}{plural} {missing}; {UPDATE_HINT}."
+    evaluated = findings.scanned_packages + len(findings.unscannable)
+    if evaluated:
+        counts = ", ".join(f"{level} {count}" for level, count in findings.severity_counts.items())
+        found = f"{len(findings.findings)} finding(s) ({counts})" if findings.findings else "no findings"
+        text += f" Evaluated: {_packages(evaluated)} of the other ecosystems, {found}."
+        if findings.unscannable:
+            text += f" {len(findings.unscannable)} package(s) could not be evaluated."
+    return text

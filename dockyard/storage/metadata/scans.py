@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     delete,
     func,
     select,
@@ -76,6 +78,21 @@ class ScanRecords(StoreBase):
         with self._read() as connection:
             return int(connection.execute(select(func.count()).select_from(vulnerabilities)).scalar_one())
 
+    def has_vulnerabilities_for(self, ecosystem: str) -> bool:
+        # `Debian` or `Debian:<release>`: a range on the primary key's leading column (`;` follows `:`), which
+        # SQLite answers from the index. The range holds in byte order only: PostgreSQL's linguistic
+        # collations skip punctuation, so there it compares in "C".
+        column: ColumnElement[Any] = vulnerability_packages.c.ecosystem
+        if self._dialect == "postgresql":
+            column = column.collate("C")
+        query = (
+            select(column)
+            .where((column == ecosystem) | ((column > f"{ecosystem}:") & (column < f"{ecosystem};")))
+            .limit(1)
+        )
+        with self._read() as connection:
+            return connection.execute(query).first() is not None
+
     def request_scan(self, repository_id: int, digest: Digest, now: datetime) -> None:
         """Queue a scan (PENDING), replacing the previous result of the image."""
         values = {
@@ -88,6 +105,24 @@ class ScanRecords(StoreBase):
             "claim_expires_at": None,
         }
         self._upsert(image_scans, {"repository_id": repository_id, "digest": str(digest)}, values)
+
+    def requeue_failed_scans(self, description_prefix: str, now: datetime) -> int:
+        table = image_scans
+        query = (
+            update(table)
+            .where(table.c.status == "FAILED", table.c.description.startswith(description_prefix, autoescape=True))
+            .values(
+                status="PENDING",
+                description="The scan is waiting to start.",
+                requested_at=now,
+                completed_at=None,
+                findings=None,
+                claimed_by=None,
+                claim_expires_at=None,
+            )
+        )
+        with self._write() as connection:
+            return int(connection.execute(query).rowcount)
 
     def claim_scan(self, owner: str, until: datetime, now: datetime) -> tuple[int, Digest] | None:
         """Take the oldest pending scan, or one whose claimant died (its claim expired)."""

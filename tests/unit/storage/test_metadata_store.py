@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from dockyard.domain.names import Digest, RepositoryRef
 from dockyard.domain.ports import (
@@ -20,6 +21,7 @@ from dockyard.domain.ports import (
     Repository,
     RepositorySettings,
     UploadSession,
+    VulnerabilityEntry,
 )
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
@@ -326,3 +328,26 @@ def test_referenced_digests_counts_only_the_key_domains_own_repositories(store: 
     later = T0 + timedelta(hours=1)
     assert store.referenced_digests(wanted, later, KeyDomain(arn)) == {manifest.digest}
     assert store.referenced_digests(wanted, later, KeyDomain()) == set()
+
+
+def test_has_vulnerabilities_for_an_ecosystem_and_its_releases(store: SqlMetadataStore) -> None:
+    """`Debian` covers `Debian:12`; neither a longer name (`DebianX`) nor a prefix (`Deb`) counts, and the
+    comparison is by bytes (`npm` is not `NPM`), on every backend's collation."""
+    assert not store.has_vulnerabilities_for("Debian")
+    packages = (("Debian:12", "openssl"), ("DebianX", "a"), ("Alpine:v3.20", "musl"), ("npm", "lodash"))
+    store.store_vulnerabilities([VulnerabilityEntry("CVE-1", "2024-01-01T00:00:00Z", "{}", packages)])
+    assert store.has_vulnerabilities_for("Debian")
+    assert store.has_vulnerabilities_for("Alpine")
+    assert store.has_vulnerabilities_for("npm")
+    assert store.has_vulnerabilities_for("DebianX")
+    for absent in ("Deb", "Debian:", "NPM", "Alpine:v3", "Ubuntu", "PyPI"):
+        assert not store.has_vulnerabilities_for(absent), absent
+    if store.engine.dialect.name == "postgresql":
+        # A database created with a linguistic collation (ICU skips punctuation: `Debian:12` sorts after
+        # `Debian;`) must give the same answers.
+        with store.engine.begin() as connection:
+            connection.execute(
+                text('ALTER TABLE vulnerability_packages ALTER COLUMN ecosystem TYPE varchar(128) COLLATE "und-x-icu"')
+            )
+        assert store.has_vulnerabilities_for("Debian")
+        assert not store.has_vulnerabilities_for("Debian:")
