@@ -38,6 +38,7 @@ class Settings:
     s3_redirect: bool = False  # blob GETs answer 307 to a presigned S3 URL
     kms_endpoint_url: str | None = None  # an external KMS for KMS repositories' keys; None: the built-in one
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
+    shutdown_grace: float = 30.0  # seconds requests in flight get to finish after SIGTERM/SIGINT
 
     @property
     def database(self) -> str:
