@@ -43,7 +43,8 @@ class Drain:
     in the main thread (the loop's), between two bytecodes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: float = QUIET_SECONDS) -> None:
+        self.quiet = quiet
         self.draining = False
         self.in_flight = 0
         self.on_idle: Callable[[], None] | None = None
@@ -74,15 +75,15 @@ class Drain:
         self.in_flight -= 1
         self._last_finished = time.monotonic()
         if self.draining and self.in_flight == 0 and self._loop is not None:
-            self._loop.call_later(QUIET_SECONDS, self._check_idle)
+            self._loop.call_later(self.quiet, self._check_idle)
 
     def _check_idle(self) -> None:
         if self._left or self.in_flight:
             return
         waited = time.monotonic() - max(self._since, self._last_finished)
-        if waited < QUIET_SECONDS:
+        if waited < self.quiet:
             assert self._loop is not None
-            self._loop.call_later(QUIET_SECONDS - waited, self._check_idle)
+            self._loop.call_later(self.quiet - waited, self._check_idle)
             return
         self._left = True
         if self.on_idle is not None:
