@@ -159,3 +159,26 @@ def test_sigterm_lets_an_upload_in_flight_finish_refuses_new_work_then_exits(
     with restarted.client() as http:
         pulled = http.get(f"/v2/team/draining/blobs/{digest}")
         assert pulled.status_code == 200 and pulled.content == data
+
+
+def test_a_second_sigterm_ends_the_drain_at_once(start: Callable[..., ServerProcess]) -> None:
+    server = start("--shutdown-grace", "600")
+    assert server.process is not None
+    data, _ = blob_of(12 * MiB, fresh_seed())
+    with server.client() as http:
+        location = start_upload(http, "team/impatient")
+    stalled = StalledPatch(server.url + location, server.auth_header, data, 0, send_first=6 * MiB)
+    stalled.start()
+    try:
+        assert stalled.sent.wait(timeout=30), "the PATCH did not get its first bytes out"
+        with server.client() as http:
+            wait_until(lambda: received(http.get(location)) > 0, 20, "the server to store part of the PATCH")
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: http.get("/readyz").status_code == 503, 10, "the drain to begin")
+        server.process.send_signal(signal.SIGTERM)  # the operator will not wait for the stalled client
+        signalled = time.monotonic()
+        exit_code = server.process.wait(timeout=30)
+    finally:
+        stalled.finish()
+    assert exit_code == 0, server.log()
+    assert time.monotonic() - signalled < 15, "the second signal did not cut the drain short"
