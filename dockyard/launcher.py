@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from granian.constants import Interfaces
+from granian.log import logger
 from granian.server.mp import MPServer
 
 from dockyard.config import Settings
@@ -81,7 +82,7 @@ class Supervisor(MPServer):
         self._failures[idx] = failures
         delay = backoff(failures)
         self._respawn_at[idx] = time.monotonic() + delay
-        self._log("error", f"worker-{idx + 1} died after {lived:.1f} s; replacing it in {delay:.0f} s")
+        logger.error(f"worker-{idx + 1} died after {lived:.1f} s; replacing it in {delay:.0f} s")
 
     def _respawn(self, idx: int, spawn_target: Any, target_loader: Any) -> None:
         dead: Any = self.wrks[idx]  # Granian's workers carry no type hints
@@ -94,7 +95,7 @@ class Supervisor(MPServer):
     def _drain(self) -> None:
         """Let the workers finish what is in flight and leave, for at most the grace period."""
         deadline = time.monotonic() + self.shutdown_grace
-        self._log("info", f"draining: requests in flight get up to {self.shutdown_grace:g} s to finish")
+        logger.info(f"draining: requests in flight get up to {self.shutdown_grace:g} s to finish")
         workers: list[Any] = list(self.wrks)  # Granian's workers carry no type hints
         for worker in workers:
             worker.interrupt_by_parent = True  # its exit now is the drain's doing, not a failure
@@ -111,13 +112,7 @@ class Supervisor(MPServer):
             self.main_loop_interrupt.wait(min(DRAIN_POLL_SECONDS, remaining))
             self.main_loop_interrupt.clear()
         left = sum(worker.is_alive() for worker in workers)
-        self._log("info", f"drain over: {left} worker(s) still busy are stopped" if left else "drain over")
-
-    @staticmethod
-    def _log(level: str, message: str) -> None:
-        from granian.log import logger  # Granian's logger, so these lines sit among its own
-
-        getattr(logger, level)(message)
+        logger.info(f"drain over: {left} worker(s) still busy are stopped" if left else "drain over")
 
 
 def worker_app() -> Dockyard:
