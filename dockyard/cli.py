@@ -82,6 +82,14 @@ def serve(
         bool, typer.Option(help="Create a repository when an image is first pushed to it.")
     ] = True,
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds that requests in flight (uploads) get to finish after SIGTERM/SIGINT; meanwhile new "
+            "ones are answered 503 with Retry-After and /readyz says not ready.",
+        ),
+    ] = 30.0,
     auth_challenge: Annotated[
         AuthChallenge,
         typer.Option(help="How /v2 asks for credentials: basic (as ECR) or bearer (Docker's token flow at /token)."),
@@ -146,6 +154,7 @@ def serve(
         encrypt_at_rest=encrypt_at_rest,
         kms_endpoint_url=kms_endpoint_url,
         access_log=_access_log_destination(access_log),
+        shutdown_grace=shutdown_grace,
     )
     services = prepare(settings)
     try:

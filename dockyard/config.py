@@ -39,6 +39,7 @@ class Settings:
     kms_endpoint_url: str | None = None  # an external KMS for KMS repositories' keys; None: the built-in one
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
     access_log: str = "stderr"  # one JSON line per request: "stderr", "off", or a file path
+    shutdown_grace: float = 30.0  # seconds requests in flight get to finish after SIGTERM/SIGINT
 
     @property
     def database(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -35,6 +36,7 @@ from dockyard.domain.scanning.service import ImageScanner, VulnerabilityDatabase
 from dockyard.domain.tokens import TokenSigner, derive_key
 from dockyard.domain.usage import ROLLUP_INTERVAL, UsageLedger, UsageMeter
 from dockyard.http.aws_json import UnknownOperation, error_response
+from dockyard.http.drain import Drain, continues_work, is_door_request, not_ready, refusal
 from dockyard.http.ecr_api import ECR_TARGET, PUBLIC_TARGET, EcrDoor, PublicEcrDoor
 from dockyard.http.iam_api import FORM, QueryDoor
 from dockyard.http.kms_api import KMS_TARGET, KmsDoor
@@ -178,6 +180,7 @@ class Dockyard:
     def __init__(self, services: Services) -> None:
         settings = services.settings
         self.services = services
+        self.drain = Drain()  # the supervisor starts it before a graceful stop (dockyard.launcher)
         self.registry_door: ASGIApp = RegistryDoor(
             services.registry,
             services.authenticator,
@@ -220,6 +223,22 @@ class Dockyard:
         await with_request_id(scope, receive, send, self._route)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_door_request(scope):
+            if self.drain.draining and scope["path"] == "/readyz":
+                await not_ready()(scope, receive, send)  # a load balancer stops sending traffic here
+                return
+            await self._serve(scope, receive, send)
+            return
+        if self.drain.draining and not continues_work(scope):
+            await refusal(scope)(scope, receive, send)
+            return
+        self.drain.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.drain.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path == "/v2" or path.startswith("/v2/") or path == "/token":
             await self.registry_door(scope, receive, send)
@@ -279,6 +298,7 @@ class Dockyard:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.drain.bind(asyncio.get_running_loop())
                 usage.start()
                 if scheduler is not None and scans is not None:
                     scheduler.start()

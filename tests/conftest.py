@@ -41,9 +41,10 @@ def anonymous(services: Services) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A real `dockyard serve` on a free loopback port."""
-    process = ServerProcess(tmp_path / "server-data").start()
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A real `dockyard serve` on a free loopback port (with the flags of an indirect parameter, if any)."""
+    flags: list[str] = list(getattr(request, "param", []))
+    process = ServerProcess(tmp_path / "server-data", extra_args=flags).start()
     try:
         yield process
     finally:

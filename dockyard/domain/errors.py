@@ -153,6 +153,13 @@ class Unavailable(DockyardError):
     kind = _kind("UNAVAILABLE", 503, "ServerException", "service unavailable")
 
 
+class ShuttingDown(DockyardError):
+    """The server is draining before it stops: requests that would start new work are refused (with
+    `Retry-After`) while those in flight finish; a load balancer sends the retry to another node."""
+
+    kind = _kind("UNAVAILABLE", 503, "ServiceUnavailableException", "the server is shutting down; retry shortly")
+
+
 # ------------------------------------------------------------------------------------------- ECR API
 # Errors that the ECR door names; the OCI code is what the registry door answers when the same rule fires there.
 

@@ -226,4 +226,8 @@ def error_response(error: DockyardError) -> Response:
     status = 500 if error.ecr_exception == "ServerException" else 400
     if error.http_status in (401, 403) and error.ecr_exception in ("AccessDeniedException",):
         status = error.http_status
-    return json_response(body, status)
+    if error.ecr_exception == "ServiceUnavailableException":  # AWS SDKs retry a 503 (after its Retry-After)
+        status = error.http_status
+    response = json_response(body, status)
+    response.headers.update(error.headers)
+    return response

@@ -286,6 +286,13 @@ def _xml_response(operation: OperationModel, result: dict[str, Any] | None, name
     return Response(body.encode(), media_type="text/xml", headers={"x-amzn-RequestId": request_id})
 
 
+def query_error_response(error: DockyardError) -> Response:
+    """An error answered before the request is read (so before its service is known): IAM's shape."""
+    response = _error_response(error, "iam")
+    response.headers.update(error.headers)
+    return response
+
+
 def _error_response(error: DockyardError, service: str) -> Response:
     namespace = aws_json.service_model(service).metadata["xmlNamespace"]
     code = _QUERY_CODES.get(error.ecr_exception, error.ecr_exception.removesuffix("Exception"))

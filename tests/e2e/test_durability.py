@@ -24,7 +24,8 @@ from tests.support.uploads import (
 
 CHUNK = 4 * MiB
 IDLE_SHUTDOWN_SECONDS = 5.0
-STALLED_SHUTDOWN_SECONDS = 10.0
+GRACE_SECONDS = 2.0
+STALLED_SHUTDOWN_SECONDS = GRACE_SECONDS + 8.0  # the grace, then the workers' own stop, then SIGKILL
 Restart = Callable[[], ServerProcess]
 
 
@@ -158,6 +159,7 @@ def test_sigterm_keeps_an_open_upload_resumable(server: ServerProcess, restart: 
         finish_and_verify(http, location, data, digest, "team/paused")
 
 
+@pytest.mark.parametrize("server", [["--shutdown-grace", str(GRACE_SECONDS)]], indirect=True)
 def test_sigterm_with_a_stalled_upload_still_stops_within_a_grace_period(
     server: ServerProcess, restart: Restart
 ) -> None:
