@@ -280,11 +280,11 @@ def test_login_tokens_act_only_on_their_own_registry(
     public.create_repository(repositoryName=name)
     for registry, password in passwords.items():  # each token pushes `name:v1` to its own registry, no host needed
         path, _ = where(registry, name)
-        pushed = skopeo(
+        copied = skopeo(
             "copy", "--quiet", "--retry-times", "0", "--dest-tls-verify=false", "--dest-creds", f"AWS:{password}",
             f"oci:{source}:v1", f"docker://{public_server.host}/{path}:v1",
         )  # fmt: skip
-        assert pushed.returncode == 0, (registry, describe(pushed))
+        assert copied.returncode == 0, (registry, describe(copied))
 
     for token_registry, password in passwords.items():
         for registry in passwords:
