@@ -19,7 +19,7 @@ from dockyard.domain.cache import TtlCache
 from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.errors import Denied, Unauthorized
 from dockyard.domain.keys import SecretBox
-from dockyard.domain.names import RepositoryRef, check_account
+from dockyard.domain.names import PUBLIC_REGION, RegistryId, RepositoryRef, check_account
 from dockyard.domain.policies import Decision, Policy, RequestContext, evaluate
 from dockyard.domain.ports import Credential, CredentialStore, MetadataStore
 from dockyard.domain.tokens import TokenSigner
@@ -107,11 +107,12 @@ class LoginToken:
 
     password: str
     expires_at: datetime
-    registry_account: str
+    registry: RegistryId
 
 
 class LoginTokens:
-    """ECR authorization tokens: bound to the calling access key and to the registry they name.
+    """ECR authorization tokens: bound to the calling access key and to the one registry they name (an account's
+    private registry in one region, or its public registry); they act on no other (see `Authorizer`).
 
     Verified statelessly (any node with the master key), and revoked with the access key they came from.
     """
@@ -122,25 +123,17 @@ class LoginTokens:
         # A token lives 12 hours; whether its access key still exists is re-checked every few seconds.
         self._credentials_cache: TtlCache[Credential | None] = TtlCache(cache_seconds)
 
-    def issue(
-        self, principal: Principal, registry_account: str, now: datetime, region: str | None = None
-    ) -> LoginToken:
-        """A token for the registry of `registry_account` in `region` (the region the request was signed for)."""
+    def issue(self, principal: Principal, registry: RegistryId, now: datetime) -> LoginToken:
+        """A token for one registry: ECR's in the region the request was signed for, or ECR Public's."""
         if principal.access_key_id is None:
             raise Unauthorized("only a principal with an access key can get an authorization token")
         expires_at = now + LOGIN_TOKEN_LIFETIME
-        claims = {"k": principal.access_key_id, "r": registry_account, "g": region}
+        claims = {"k": principal.access_key_id, "r": registry.account_id, "g": registry.region}
         password = self._signer.issue(claims, expires_at)
-        return LoginToken(password, expires_at, registry_account)
+        return LoginToken(password, expires_at, registry)
 
-    def region_of(self, password: str, now: datetime) -> str | None:
-        """The region a verified token names, if any."""
-        claims = self._signer.verify(password, now)
-        region = claims.get("g") if claims else None
-        return str(region) if region else None
-
-    def verify(self, password: str, now: datetime) -> tuple[Principal, str]:
-        """The principal a token was issued to and the registry account it is for."""
+    def verify(self, password: str, now: datetime) -> tuple[Principal, RegistryId]:
+        """The principal a token was issued to and the one registry it is for."""
         claims = self._signer.verify(password, now)
         if claims is None:
             raise Unauthorized("the authorization token is invalid or has expired")
@@ -150,7 +143,8 @@ class LoginTokens:
             self._credentials_cache.invalidate(key_id)
             raise Unauthorized("the authorization token is invalid or has expired")
         principal = Principal(credential.account_id, credential.user_name, credential.access_key_id)
-        return principal, str(claims["r"])
+        # ECR Public tokens were once issued without a region ("g": null): they are for the public registry.
+        return principal, RegistryId(str(claims["r"]), str(claims.get("g") or PUBLIC_REGION))
 
 
 class AuditSink(Protocol):
@@ -164,6 +158,9 @@ class Authorizer:
 
     Identity policies are the caller's inline user policies (the root user has none and is allowed all in
     its own account); the resource policy is the repository's policy. Every decision is audited.
+
+    A caller whose credential is bound to one registry (a login token: `bound_to`) is denied on every other
+    one before any policy or repository is looked at, so the refusal is the same whatever the registry holds.
     """
 
     def __init__(self, store: MetadataStore, audit: AuditSink | None = None, clock: Clock = utc_now) -> None:
@@ -178,6 +175,7 @@ class Authorizer:
         action: str,
         repository: RepositoryRef,
         context: Mapping[str, str] | None = None,
+        bound_to: RegistryId | None = None,
     ) -> None:
         """Raise Unauthorized (no principal) or Denied unless the principal may act on the repository.
 
@@ -189,6 +187,7 @@ class Authorizer:
         if principal is None:
             self._record(None, action, repository.arn, "Unauthenticated", context)
             raise Unauthorized(f"authentication required for {action}")
+        self._check_binding(principal, action, repository.arn, repository.registry, bound_to, context)
         decision = self.decide(principal, action, repository, context)
         self._record(principal, action, repository.arn, decision.outcome.name, context)
         if not decision.allowed:
@@ -207,6 +206,36 @@ class Authorizer:
         self._record(principal, action, f"account/{account_id}", decision.outcome.name, context)
         if not decision.allowed:
             raise Denied(f"User: {principal.arn} is not authorized to perform: {action} in account {account_id}")
+
+    def authorize_registry(
+        self,
+        principal: Principal | None,
+        action: str,
+        registry: RegistryId,
+        context: Mapping[str, str] | None = None,
+        bound_to: RegistryId | None = None,
+    ) -> None:
+        """A registry-level action on one registry (the /v2 catalog): the credential's binding, then IAM."""
+        if principal is not None:
+            self._check_binding(principal, action, f"account/{registry.account_id}", registry, bound_to, context)
+        self.authorize_account(principal, action, registry.account_id, context)
+
+    def _check_binding(
+        self,
+        principal: Principal,
+        action: str,
+        resource: str,
+        registry: RegistryId,
+        bound_to: RegistryId | None,
+        context: Mapping[str, str] | None,
+    ) -> None:
+        if bound_to is None or registry == bound_to:
+            return
+        self._record(principal, action, resource, "OTHER_REGISTRY", context)
+        raise Denied(
+            f"User: {principal.arn} is not authorized to perform: {action} on resource: {resource} "
+            f"with an authorization token for {bound_to}"
+        )
 
     def authorize_resource(
         self,
@@ -227,11 +256,18 @@ class Authorizer:
             raise Denied(f"User: {principal.arn} is not authorized to perform: {action} on resource: {resource_arn}")
 
     def allowed(
-        self, principal: Principal | None, action: str, repository: RepositoryRef, context: Mapping[str, str] | None
+        self,
+        principal: Principal | None,
+        action: str,
+        repository: RepositoryRef,
+        context: Mapping[str, str] | None,
+        bound_to: RegistryId | None = None,
     ) -> bool:
         """The same decision without raising or auditing (filters listings)."""
         if repository.is_public and action in PUBLIC_READ_ACTIONS:
             return True
+        if bound_to is not None and repository.registry != bound_to:
+            return False
         action = _service_action(action, repository)
         return principal is not None and self.decide(principal, action, repository, context).allowed
 

@@ -112,6 +112,21 @@ PUBLIC_PATH_PREFIX: Final = "public/"
 ALIAS_RE: Final = re.compile(r"[a-z][a-z0-9]+(?:[._-][a-z0-9]+)*")
 
 
+@dataclass(frozen=True, order=True)
+class RegistryId:
+    """One registry: an account's private registry in a region, or its public registry (region `public`)."""
+
+    account_id: str
+    region: str
+
+    @property
+    def is_public(self) -> bool:
+        return self.region == PUBLIC_REGION
+
+    def __str__(self) -> str:
+        return f"the public registry of {self.account_id}" if self.is_public else f"{self.account_id} in {self.region}"
+
+
 @dataclass(frozen=True)
 class RepositoryRef:
     """Where a repository lives: every repository is keyed by account, region and name."""
@@ -123,6 +138,10 @@ class RepositoryRef:
     @property
     def is_public(self) -> bool:
         return self.region == PUBLIC_REGION
+
+    @property
+    def registry(self) -> RegistryId:
+        return RegistryId(self.account_id, self.region)
 
     @property
     def arn(self) -> str:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from dockyard.domain.errors import Unauthorized
 from dockyard.domain.iam import Authenticator, LoginTokens, Principal
+from dockyard.domain.names import RegistryId
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens
 from dockyard.http.sigv4 import SignedRequest, verify
 
@@ -35,13 +36,13 @@ INSUFFICIENT_SCOPE = "insufficient_scope"
 
 @dataclass(frozen=True)
 class Caller:
-    """Who calls the registry door: None for anonymous; an ECR token also names the registry it is for, a
-    bearer token the scopes it grants."""
+    """Who calls the registry door: None for anonymous; an ECR login token also names the one registry it is
+    for (and acts on no other), a bearer token the scopes it grants and the registry each is for."""
 
     principal: Principal | None
-    registry_account: str | None = None
+    registry: RegistryId | None = None  # where a repository name without a registry host points
     grant: BearerGrant | None = None
-    registry_region: str | None = None  # an ECR token is for the region it was requested in
+    bound_to: RegistryId | None = None  # a login token's registry: the only one it may act on
 
 
 def registry_caller(
@@ -59,7 +60,7 @@ def registry_caller(
     authorization = request.headers.get("authorization")
     if bearer is not None and authorization and authorization[:7].lower() == "bearer ":
         grant = bearer.verify(authorization[7:].strip(), now, authenticator.principal_for_key)
-        return Caller(grant.principal, grant.registry_account, grant)
+        return Caller(grant.principal, grant.registry, grant)
     credentials = basic_credentials(authorization)
     if credentials is None:
         return Caller(None)
@@ -75,8 +76,8 @@ def password_caller(
     """A user name and password, from Basic or from the token endpoint's OAuth2 form: `AWS` with a
     GetAuthorizationToken password, or an access key id and secret."""
     if user == "AWS":
-        principal, registry_account = tokens.verify(password, now)
-        return Caller(principal, registry_account, registry_region=tokens.region_of(password, now))
+        principal, registry = tokens.verify(password, now)
+        return Caller(principal, registry, bound_to=registry)
     return Caller(authenticator.from_access_key(user, password))
 
 

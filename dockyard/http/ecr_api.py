@@ -27,7 +27,7 @@ from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, I
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.lifecycle_runs import LifecycleRunner
-from dockyard.domain.names import PUBLIC_REGION, Digest, RepositoryRef
+from dockyard.domain.names import PUBLIC_REGION, Digest, RegistryId, RepositoryRef
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
@@ -252,7 +252,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         now = self.registry.clock()
         data = []
         for account in registries:
-            token = self.login_tokens.issue(call.principal, account, now, call.region)
+            token = self.login_tokens.issue(call.principal, RegistryId(account, call.region), now)  # this region only
             data.append(
                 {
                     "authorizationToken": base64.b64encode(f"AWS:{token.password}".encode()).decode(),
@@ -787,7 +787,7 @@ class PublicEcrDoor(EcrDoor):
     def get_authorization_token(self, call: EcrCall) -> dict[str, Any]:
         account = call.principal.account_id
         self.authorizer.authorize_account(call.principal, "sts:GetServiceBearerToken", account, call.context)
-        token = self.login_tokens.issue(call.principal, account, self.registry.clock())
+        token = self.login_tokens.issue(call.principal, RegistryId(account, PUBLIC_REGION), self.registry.clock())
         encoded = base64.b64encode(f"AWS:{token.password}".encode()).decode()
         return {"authorizationData": {"authorizationToken": encoded, "expiresAt": token.expires_at}}
 

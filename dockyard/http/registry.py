@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from dockyard.domain.errors import (
     BlobUploadInvalid,
+    Denied,
     DigestInvalid,
     DockyardError,
     ManifestTooLarge,
@@ -37,6 +38,7 @@ from dockyard.domain.names import (
     PUBLIC_PATH_PREFIX,
     PUBLIC_REGION,
     Digest,
+    RegistryId,
     RepositoryRef,
     check_repository_name,
     registry_from_host,
@@ -192,7 +194,7 @@ class RegistryDoor:
 
         if path in ("/v2", "/v2/"):
             trace.route = "base"
-            return self.base(authenticate())
+            return self.base(request, authenticate())
         if path == "/v2/_catalog":
             trace.route = "catalog"
             trace.scope = "registry:catalog:*"
@@ -219,7 +221,10 @@ class RegistryDoor:
     def repository_ref(self, request: Request, caller: Caller, name: str) -> RepositoryRef:
         """`public/<alias>/<name>` is a public repository of the alias's account. Otherwise account and region
         come from the host name when it names them, else from the caller's token or credentials, else the
-        server's defaults."""
+        server's defaults.
+
+        This decides the registry a request acts on; a login token bound to another one is then refused on it
+        (`Authorizer`, given `Caller.bound_to`), before anything about the repository is looked at."""
         check_repository_name(name)
         if name.startswith(PUBLIC_PATH_PREFIX):
             alias, _, repository = name.removeprefix(PUBLIC_PATH_PREFIX).partition("/")
@@ -230,8 +235,10 @@ class RegistryDoor:
         from_host = registry_from_host(request.headers.get("host", ""))
         if from_host is not None:
             return RepositoryRef(from_host[0], from_host[1], name)
-        if caller.registry_account is not None:
-            return RepositoryRef(caller.registry_account, caller.registry_region or self.default_region, name)
+        if caller.registry is not None:
+            # An ECR Public token names its account's public registry, which a name without `public/` is not.
+            region = self.default_region if caller.registry.is_public else caller.registry.region
+            return RepositoryRef(caller.registry.account_id, region, name)
         account = caller.principal.account_id if caller.principal else self.default_account
         return RepositoryRef(account, self.default_region, name)
 
@@ -239,16 +246,21 @@ class RegistryDoor:
         """Bearer grants are checked by the repository's name as the path spells it, then IAM decides."""
         target = ref or call.ref
         scope_name = path_name or call.path_name
-        if call.grant is not None and not call.grant.allows("repository", scope_name, _SCOPE_OF[action]):
-            needed = _SCOPE_OF[action]
+        needed = _SCOPE_OF[action]
+        if call.grant is not None and not call.grant.allows("repository", scope_name, needed, target.registry):
             raise Unauthorized(f"the bearer token does not grant {needed} on {scope_name}", INSUFFICIENT_SCOPE)
-        self.authorizer.authorize(call.principal, action, target, request_context(call.request))
+        context = request_context(call.request)
+        self.authorizer.authorize(call.principal, action, target, context, call.caller.bound_to)
 
     # ------------------------------------------------------------------------------------ base, catalog
 
-    def base(self, caller: Caller) -> Response:
+    def base(self, request: Request, caller: Caller) -> Response:
+        """Credentials are checked, nothing else; a login token is not good for a registry host not its own."""
         if caller.principal is None and caller.grant is None:
             raise Unauthorized("authentication required")
+        from_host = registry_from_host(request.headers.get("host", ""))
+        if caller.bound_to is not None and from_host is not None and RegistryId(*from_host) != caller.bound_to:
+            raise Denied(f"the authorization token is for {caller.bound_to}, not for this registry")
         return _json({})
 
     async def token_endpoint(self, request: Request) -> Response:
@@ -265,7 +277,7 @@ class RegistryDoor:
                 form.get("username", ""), form["password"], self.authenticator, self.login_tokens, self.registry.clock()
             )
         note_principal(caller.principal)
-        account = self.repository_ref(request, caller, "token").account_id
+        registry = self.repository_ref(request, caller, "token").registry
         context = request_context(request)
 
         def resolve(name: str) -> RepositoryRef | None:
@@ -277,11 +289,17 @@ class RegistryDoor:
         token, expires_at, _ = await run_in_threadpool(
             self.bearer.issue,
             caller.principal,
-            account,
+            registry,
             resolve,
             parse_scopes(scope_texts),
-            lambda principal, action, target: self.authorizer.allowed(principal, action, target, context),
-            lambda principal: principal is not None and principal.account_id == account,
+            lambda principal, action, target: self.authorizer.allowed(
+                principal, action, target, context, caller.bound_to
+            ),
+            lambda principal: (
+                principal is not None
+                and principal.account_id == registry.account_id
+                and caller.bound_to in (None, registry)
+            ),
             self.registry.clock(),
         )
         now = self.registry.clock()
@@ -295,11 +313,11 @@ class RegistryDoor:
         )
 
     def catalog(self, request: Request, caller: Caller) -> Response:
-        if caller.grant is not None and not caller.grant.allows("registry", "catalog", "*"):
-            raise Unauthorized("the bearer token does not grant registry:catalog:*", INSUFFICIENT_SCOPE)
         ref = self.repository_ref(request, caller, "catalog")
-        self.authorizer.authorize_account(
-            caller.principal, "ecr:DescribeRepositories", ref.account_id, request_context(request)
+        if caller.grant is not None and not caller.grant.allows("registry", "catalog", "*", ref.registry):
+            raise Unauthorized("the bearer token does not grant registry:catalog:*", INSUFFICIENT_SCOPE)
+        self.authorizer.authorize_registry(
+            caller.principal, "ecr:DescribeRepositories", ref.registry, request_context(request), caller.bound_to
         )
         limit = page_size(request.query_params.get("n"))
         after = request.query_params.get("last") or None
@@ -307,7 +325,9 @@ class RegistryDoor:
 
         def visible(name: str) -> bool:
             target = RepositoryRef(ref.account_id, ref.region, name)
-            return self.authorizer.allowed(caller.principal, "ecr:DescribeRepositories", target, context)
+            return self.authorizer.allowed(
+                caller.principal, "ecr:DescribeRepositories", target, context, caller.bound_to
+            )
 
         page = self.registry.catalog(ref.account_id, ref.region, after, limit, visible)
         headers = _next_link("/v2/_catalog", limit, page.items) if page.has_more and limit else {}

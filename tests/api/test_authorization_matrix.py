@@ -2,9 +2,11 @@
 
 Callers: anonymous; the root user of another account that holds no grant; a user of the registry's account whose
 identity policy allows everything but also carries an explicit Deny; a user allowed by its identity policy; the
-account's root user. Each cell asserts its outcome (2xx / 401 / 403 DENIED / AccessDeniedException), that it is
-never a 5xx, and, for every caller that is turned away, that the answer is the same for an existing repository
-(or user) and for one that does not exist: a refusal must not reveal what the account holds.
+account's root user. The /v2 routes are also crossed with three registries of the account (private us-east-1,
+private eu-west-1, public) and, besides those callers, the root user's login tokens for each of them: a token
+acts on its own registry only. Each cell asserts its outcome (2xx / 401 / 403 DENIED / AccessDeniedException),
+that it is never a 5xx, and, for every caller that is turned away, that the answer is the same for an existing
+repository (or user) and for one that does not exist: a refusal must not reveal what the account holds.
 
 Everything runs against the in-process app (one per module); ECR and IAM calls are SigV4-signed by botocore.
 """
@@ -28,6 +30,8 @@ from starlette.testclient import TestClient
 from dockyard.config import Settings
 from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import bootstrap_root_credentials
+from dockyard.domain.names import RepositoryRef
+from dockyard.domain.registries import Registries
 from dockyard.http import aws_json
 from dockyard.server import Dockyard, Services, prepare
 from tests.api.helpers import image_manifest, put_manifest
@@ -74,6 +78,17 @@ LIFECYCLE = json.dumps(
 ANONYMOUS, OTHER, DENIED, ALLOWED, ROOT = "anonymous", "other-account", "deny-user", "allowed-user", "root"
 CALLERS = (ANONYMOUS, OTHER, DENIED, ALLOWED, ROOT)
 PERMITTED = (ALLOWED, ROOT)
+# The account's registries, and the root user's login tokens for each (GetAuthorizationToken of ECR signed for the
+# region, and of ECR Public).
+US, EU, PUBLIC = "us-east-1", "eu-west-1", "public"
+REGISTRIES = (US, EU, PUBLIC)
+TOKEN_US, TOKEN_EU, TOKEN_PUBLIC = "token-us-east-1", "token-eu-west-1", "token-public"
+TOKENS = (TOKEN_US, TOKEN_EU, TOKEN_PUBLIC)
+TOKEN_REGISTRY = {TOKEN_US: US, TOKEN_EU: EU, TOKEN_PUBLIC: PUBLIC}
+
+
+def registry_host(region: str) -> str:
+    return f"{ACCOUNT_ID}.dkr.ecr.{region}.localhost"
 
 
 @dataclass
@@ -99,6 +114,9 @@ class World:
     data_dir: Path
     callers: dict[str, Caller] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)  # what refused callers look at: they change nothing
+    regional: dict[str, TestClient] = field(default_factory=dict)  # root, addressing a region by its host
+    tokens: dict[str, str] = field(default_factory=dict)  # login token caller -> password
+    alias: str = ""  # the account's public registry alias
 
     def once(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self.shared:
@@ -127,8 +145,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ROOT: Caller(ROOT, Keys(ACCESS_KEY_ID, SECRET_ACCESS_KEY), ACCOUNT_ID),
     }
     app = Dockyard(services)
-    with TestClient(app) as http, TestClient(app, headers=basic_auth(ACCESS_KEY_ID, SECRET_ACCESS_KEY)) as root:
-        yield World(services, http, root, data_dir, callers)
+    root_auth = basic_auth(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    with (
+        TestClient(app) as http,
+        TestClient(app, headers=root_auth) as root,
+        TestClient(app, headers={**root_auth, "Host": registry_host(US)}) as in_us,
+        TestClient(app, headers={**root_auth, "Host": registry_host(EU)}) as in_eu,
+    ):
+        world = World(services, http, root, data_dir, callers, regional={US: in_us, EU: in_eu})
+        world.alias = Registries(services.metadata).public_alias(ACCOUNT_ID)
+        root_keys = callers[ROOT].keys
+        for caller, service, region in ((TOKEN_US, "ecr", US), (TOKEN_EU, "ecr", EU), (TOKEN_PUBLIC, "ecr-public", US)):
+            answer = json_call(http, BASE, "GetAuthorizationToken", {}, root_keys, service, region)
+            assert answer.status_code == 200, answer.text
+            data = answer.json()["authorizationData"]
+            encoded = (data if isinstance(data, dict) else data[0])["authorizationToken"]
+            user, _, world.tokens[caller] = base64.b64decode(encoded).decode().partition(":")
+            assert user == "AWS"
+        yield world
 
 
 def fresh_name(prefix: str) -> str:
@@ -158,8 +192,12 @@ class Target:
 MOUNT_SOURCE = "matrix/mount-source"
 
 
-def existing_target(world: World, label: str) -> Target:
-    root, repo = world.root, fresh_name(label)
+def existing_target(world: World, label: str, registry: str | None = None) -> Target:
+    """A repository pushed by root: in us-east-1 addressed without a registry host (None), or in `registry`
+    (a private one addressed by its host, the public one by its `public/<alias>/` path)."""
+    root = world.root if registry in (None, PUBLIC) else world.regional[registry]
+    prefix = f"public/{world.alias}/" if registry == PUBLIC else ""
+    repo = prefix + fresh_name(label)
     layer = f"layer {uuid.uuid4()}".encode()
     raw = image_manifest(repo, root, layers=(layer,))
     pushed = put_manifest(root, repo, "v1", raw)
@@ -168,20 +206,20 @@ def existing_target(world: World, label: str) -> Target:
     started = root.post(f"/v2/{repo}/blobs/uploads/")
     assert started.status_code == 202, started.text
     mount_blob = f"mountable {uuid.uuid4()}".encode()
-    image_manifest(MOUNT_SOURCE, root, layers=(mount_blob,))
+    image_manifest(prefix + MOUNT_SOURCE, root, layers=(mount_blob,))
     return Target(
         repo,
         sha256(layer),
         pushed.headers["docker-content-digest"],
         next_manifest,
         started.headers["location"],
-        MOUNT_SOURCE,
+        prefix + MOUNT_SOURCE,
         sha256(mount_blob),
     )
 
 
-def ghost_target(label: str, like: Target) -> Target:
-    repo = fresh_name(f"ghost-{label}")
+def ghost_target(label: str, like: Target, prefix: str = "") -> Target:
+    repo = prefix + fresh_name(f"ghost-{label}")
     return Target(
         repo,
         random_digest(),
@@ -348,6 +386,141 @@ def test_anonymous_mount_passes_over_unreadable_repositories(world: World) -> No
     assert mounted.status_code == 201, mounted.text
     assert mounted.headers["docker-content-digest"] == sha256(secret_blob)
     assert world.http.get(f"/v2/{target}/blobs/{sha256(secret_blob)}", headers=scoped.basic).content == secret_blob
+
+
+# ================================================================================================ registries x tokens
+
+# Routes that change nothing: a permitted caller may run them on a shared repository.
+READ_ROUTES = frozenset({"blob GET", "blob HEAD", "manifest GET", "manifest HEAD", "tags list", "referrers"})
+READ_ONLY = READ_ROUTES | {"upload GET"}
+
+
+def cross_headers(world: World, caller: str, registry: str | None) -> dict[str, str]:
+    """A caller's credentials (a login token's password as user `AWS`) and, for a private registry, its host;
+    None sends no host naming a registry (the caller's own registry, or the server's default)."""
+    if caller in TOKENS:
+        headers = basic_auth("AWS", world.tokens[caller])
+    else:
+        keys = world.callers[caller].keys
+        headers = dict(keys.basic) if keys else {}
+    if registry not in (None, PUBLIC):
+        headers["Host"] = registry_host(registry)
+    return headers
+
+
+def cross_permitted(caller: str, registry: str, route: str) -> bool:
+    if registry == PUBLIC and route in READ_ROUTES:
+        return True  # anyone may read a public repository, whatever credentials it sends
+    if caller in TOKEN_REGISTRY:
+        return TOKEN_REGISTRY[caller] == registry  # root's token, on its own registry only
+    if caller == ALLOWED:
+        return registry != PUBLIC  # `ecr:*` allows no `ecr-public:` action
+    return caller == ROOT
+
+
+def cross_send(world: World, caller: str, registry: str, request: RouteRequest) -> httpx.Response:
+    method, path, body, content_type = request
+    headers = cross_headers(world, caller, registry)
+    if content_type:
+        headers["Content-Type"] = content_type
+    return world.http.request(method, path, content=body, headers=headers)
+
+
+@pytest.mark.parametrize("caller", CALLERS + TOKENS)
+@pytest.mark.parametrize("registry", REGISTRIES)
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_registry_route_across_registries(world: World, route: str, registry: str, caller: str) -> None:
+    """Every route on each registry of the account: a login token only ever acts on the registry it was issued
+    for; elsewhere it is refused like a caller without permission (403 DENIED), the same whether or not the
+    repository exists. Public reads stay open to everyone."""
+    build, permitted_status = ROUTES[route]
+    label = f"{registry}-{route.replace(' ', '-').lower()}"
+    if cross_permitted(caller, registry, route):
+        fresh = route not in READ_ONLY
+        target = (
+            existing_target(world, label, registry)
+            if fresh
+            else world.once(f"read-{registry}", lambda: existing_target(world, "read", registry))
+        )
+        answer = cross_send(world, caller, registry, build(target))
+        assert answer.status_code == permitted_status, (answer.status_code, answer.text)
+        return
+    target = world.once(f"refused-{registry}", lambda: existing_target(world, "refused", registry))
+    prefix = f"public/{world.alias}/" if registry == PUBLIC else ""
+    ghost = ghost_target(label, target, prefix)
+    method = build(target)[0]
+    answer = cross_send(world, caller, registry, build(target))
+    assert answer.status_code < 500, answer.text
+    registry_refusal(answer, caller, head=method == "HEAD")
+    ghost_answer = cross_send(world, caller, registry, build(ghost))
+    # Longest first: a public repository's ARN names it without its `public/<alias>/` path.
+    names = (target.repo, ghost.repo, target.repo.removeprefix(prefix), ghost.repo.removeprefix(prefix))
+    assert fingerprint(ghost_answer, names) == fingerprint(answer, names), "a refusal reveals the repository exists"
+
+
+@pytest.mark.parametrize("caller", TOKENS)
+@pytest.mark.parametrize("host", (None, US, EU))
+def test_registry_base_with_a_login_token(world: World, host: str | None, caller: str) -> None:
+    """`/v2/` with a login token: good without a registry host and on the token's own registry host."""
+    answer = world.http.get("/v2/", headers=cross_headers(world, caller, host))
+    if host is None or TOKEN_REGISTRY[caller] == host:
+        assert answer.status_code == 200, answer.text
+    else:
+        registry_refusal(answer, caller, head=False)
+
+
+@pytest.mark.parametrize("caller", (ROOT, *TOKENS))
+@pytest.mark.parametrize("host", (None, US, EU))
+def test_catalog_lists_only_the_callers_registry(world: World, host: str | None, caller: str) -> None:
+    """`/v2/_catalog` lists one private registry: the host's, else the login token's (root's access key: the
+    default region's). A token for another registry, ECR Public's included, is refused."""
+    listed = world.once("listed", lambda: {r: existing_target(world, "listed", r).repo for r in REGISTRIES})
+    if caller == ROOT:
+        expected: str | None = host or US
+    else:
+        own = TOKEN_REGISTRY[caller]
+        expected = own if own != PUBLIC and host in (None, own) else None
+    answer = world.http.get(
+        "/v2/_catalog", params={"n": 1000, "last": "matrix/listed-"}, headers=cross_headers(world, caller, host)
+    )
+    assert answer.status_code < 500, answer.text
+    names = [name.removeprefix(f"public/{world.alias}/") for name in listed.values()]
+    if expected is None:
+        registry_refusal(answer, caller, head=False)
+        assert not any(name in answer.text for name in names), answer.text
+        return
+    assert answer.status_code == 200, answer.text
+    repositories = answer.json()["repositories"]
+    assert listed[expected] in repositories
+    assert [n for n in names if n in repositories] == [listed[expected]], "another registry's repository is listed"
+
+
+def test_a_login_token_without_a_registry_host_acts_on_its_own_registry(world: World) -> None:
+    """No registry host: a private token's own region is where names point (pull, and a push creates the
+    repository there); an ECR Public token has no private registry to point at and is refused there."""
+    for caller, region in ((TOKEN_US, US), (TOKEN_EU, EU)):
+        headers = cross_headers(world, caller, None)
+        target = existing_target(world, "hostless", region)
+        assert pull(world, headers, target) == (200, 200, 200)
+        fresh = fresh_name("hostless-push")
+        started = world.http.post(f"/v2/{fresh}/blobs/uploads/", headers=headers)
+        assert started.status_code == 202, started.text
+        for where in REGISTRIES:
+            found = world.services.metadata.get_repository(RepositoryRef(ACCOUNT_ID, where, fresh))
+            assert (found is not None) == (where == region), (caller, where)
+    public = cross_headers(world, TOKEN_PUBLIC, None)
+    target = existing_target(world, "hostless-public")
+    ghost = ghost_target("hostless-public", target)
+    for route in ("manifest GET", "upload POST", "manifest DELETE"):
+        build = ROUTES[route][0]
+        method, path, body, _ = build(target)
+        answer = world.http.request(method, path, content=body, headers=public)
+        registry_refusal(answer, TOKEN_PUBLIC, head=False)
+        method, path, body, _ = build(ghost)
+        ghost_answer = world.http.request(method, path, content=body, headers=public)
+        names = (target.repo, ghost.repo)
+        assert fingerprint(ghost_answer, names) == fingerprint(answer, names), route
+    assert pull(world, {**world.callers[ROOT].registry_headers}, target) == (200, 200, 200)  # left as it was
 
 
 # ================================================================================================ ECR operations

@@ -21,7 +21,7 @@ from dockyard.domain.tokens import TokenSigner, derive_key
 from tests.support.clients import boto_client, ecr_password
 from tests.support.iam import PULL_ACTIONS, Keys, policy, statement
 from tests.support.images import sha256, single_image_layout
-from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, ServerProcess
+from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
 from tests.support.tools import Skopeo, describe, fresh_seed, layout_manifest_digest
 
 ROOT = Keys(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
@@ -396,3 +396,68 @@ def test_a_token_dies_with_its_access_key(bearer_server: ServerProcess, http: ht
         status = http.get(f"/v2/{name}/tags/list", headers=bearer(token)).status_code
         time.sleep(0.25)  # the server re-checks keys after a few seconds of caching
     assert status == 401, "a bearer token outlived its access key"
+
+
+# ------------------------------------------------------------------------------------------------ registries
+
+
+def registry_host(server: ServerProcess, region: str) -> dict[str, str]:
+    """The Host header naming this account's private registry in `region` (ECR's registry host scheme)."""
+    return {"Host": f"{ACCOUNT_ID}.dkr.ecr.{region}.localhost:{server.port}"}
+
+
+def test_a_token_acts_only_on_the_registry_it_was_issued_for(bearer_server: ServerProcess, http: httpx.Client) -> None:
+    """A token from the endpoint is for the registry each scope resolved to when it was asked for: sent to
+    another region's host, or asked for with a login password of another registry (ECR Public's included), it
+    grants nothing there, the same whether or not the repository exists."""
+    name, ghost = unique("bound"), unique("bound-ghost")
+    seed_repository(http, name)  # in us-east-1, the server's default region
+    in_us, in_eu = registry_host(bearer_server, "us-east-1"), registry_host(bearer_server, "eu-west-1")
+    eu_password = ecr_password(boto_client(bearer_server, "ecr", ROOT, region="eu-west-1"))
+    public = boto_client(bearer_server, "ecr-public", ROOT)
+    public_password = ecr_password(public)
+    alias = public.describe_registries()["registries"][0]["aliases"][0]["name"]
+    scopes = [f"repository:{repo}:pull,push" for repo in (name, ghost)]
+
+    def refused(token: str, headers: dict[str, str]) -> None:
+        answers = []
+        for repo in (name, ghost):
+            for method, path in (("GET", f"/v2/{repo}/manifests/v1"), ("POST", f"/v2/{repo}/blobs/uploads/")):
+                answer = http.request(method, path, headers={**bearer(token), **headers})
+                assert answer.status_code == 401, (method, path, answer.text)
+                assert challenge(answer)["error"] == "insufficient_scope"
+                answers.append((answer.status_code, answer.json()["errors"][0]["code"]))
+        assert answers[:2] == answers[2:], "the refusal reveals the repository exists"
+
+    # An access key's token, asked for in us-east-1, works there and nowhere else.
+    root_token = token_for(http, ROOT_AUTH, *scopes)
+    assert http.get(f"/v2/{name}/tags/list", headers={**bearer(root_token), **in_us}).status_code == 200
+    refused(root_token, in_eu)
+    # An eu-west-1 login password: its token is for eu-west-1, wherever it is then sent.
+    eu_token = token_for(http, ("AWS", eu_password), *scopes)
+    refused(eu_token, in_us)
+    hostless = http.get(f"/v2/{name}/manifests/v1", headers=bearer(eu_token))  # eu-west-1's, where it is not
+    assert hostless.status_code == 404 and hostless.json()["errors"][0]["code"] == "NAME_UNKNOWN", hostless.text
+    # Asked for at us-east-1's host, the eu-west-1 password is granted nothing.
+    answer = http.get(
+        "/token", params=[("service", "dockyard"), *(("scope", s) for s in scopes)], auth=("AWS", eu_password),
+        headers=in_us,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    refused(answer.json()["token"], in_us)
+    catalog = http.get(
+        "/token",
+        params={"service": "dockyard", "scope": "registry:catalog:*"},
+        auth=("AWS", eu_password),
+        headers=in_us,
+    )
+    listed = http.get("/v2/_catalog", headers={**bearer(catalog.json()["token"]), **in_us})
+    assert listed.status_code == 401 and name not in listed.text, listed.text
+    # ECR Public's password: no private repository, and a private password pushes no public one.
+    refused(token_for(http, ("AWS", public_password), *scopes), {})
+    public_name = f"public/{alias}/{unique('pub')}".replace("bearer/", "")
+    us_password = ecr_password(boto_client(bearer_server, "ecr", ROOT))
+    pusher = token_for(http, ("AWS", us_password), f"repository:{public_name}:push")
+    assert http.post(f"/v2/{public_name}/blobs/uploads/", headers=bearer(pusher)).status_code == 401
+    own = token_for(http, ("AWS", public_password), f"repository:{public_name}:push")
+    assert http.post(f"/v2/{public_name}/blobs/uploads/", headers=bearer(own)).status_code == 202

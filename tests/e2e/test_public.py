@@ -254,3 +254,54 @@ def test_ecr_public_authorization_token_also_needs_sts_get_service_bearer_token(
     both = policy(statement("Allow", ["ecr-public:GetAuthorizationToken", "sts:GetServiceBearerToken"]))
     iam.put_user_policy(UserName=user, PolicyName="token", PolicyDocument=both)
     assert client.get_authorization_token()["authorizationData"]["authorizationToken"]
+
+
+def test_login_tokens_act_only_on_their_own_registry(
+    public_server: ServerProcess, public: Any, alias: str, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """The root user's three login passwords (ECR in us-east-1, ECR in eu-west-1, ECR Public) against a
+    repository in each of those registries: each pushes and pulls its own registry only, and is refused
+    (403 DENIED, as for a repository that does not exist) everywhere else; public pulls stay open."""
+    name = unique("bound")
+    source = tmp_path / "source"
+    single_image_layout(source, tag="v1", layers=1, size=4 * 1024, seed=fresh_seed())
+    passwords = {
+        "us-east-1": ecr_password(boto_client(public_server, "ecr", ROOT)),
+        "eu-west-1": ecr_password(boto_client(public_server, "ecr", ROOT, region="eu-west-1")),
+        "public": public_password(public),
+    }
+
+    def where(registry: str, repository: str) -> tuple[str, dict[str, str]]:
+        """The /v2 path of a repository of `registry`, and the Host header naming a private registry."""
+        if registry == "public":
+            return f"public/{alias}/{repository}", {}
+        return repository, {"Host": f"{ACCOUNT_ID}.dkr.ecr.{registry}.localhost:{public_server.port}"}
+
+    public.create_repository(repositoryName=name)
+    for registry, password in passwords.items():  # each token pushes `name:v1` to its own registry, no host needed
+        path, _ = where(registry, name)
+        copied = skopeo(
+            "copy", "--quiet", "--retry-times", "0", "--dest-tls-verify=false", "--dest-creds", f"AWS:{password}",
+            f"oci:{source}:v1", f"docker://{public_server.host}/{path}:v1",
+        )  # fmt: skip
+        assert copied.returncode == 0, (registry, describe(copied))
+
+    for token_registry, password in passwords.items():
+        for registry in passwords:
+            answers = []
+            for repository in (name, unique("ghost")):
+                path, host = where(registry, repository)
+                headers = {**basic_auth("AWS", password), **host}
+                pulled = httpx.get(f"{public_server.url}/v2/{path}/tags/list", headers=headers, timeout=30)
+                pushed = httpx.post(f"{public_server.url}/v2/{path}/blobs/uploads/", headers=headers, timeout=30)
+                answers.append((pushed.status_code, pushed.text.replace(repository, "<repository>")))
+                if registry == token_registry or registry == "public":  # anyone reads a public repository
+                    assert pulled.status_code == (200 if repository == name else 404), (registry, pulled.text)
+                if registry == token_registry:
+                    assert pushed.status_code == 202, (token_registry, registry, pushed.text)
+                    continue
+                assert (pushed.status_code, pushed.json()["errors"][0]["code"]) == (403, "DENIED"), pushed.text
+                if registry != "public":
+                    assert (pulled.status_code, pulled.json()["errors"][0]["code"]) == (403, "DENIED"), pulled.text
+            if registry != token_registry:
+                assert answers[0] == answers[1], "a refusal reveals the repository exists"

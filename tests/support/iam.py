@@ -121,13 +121,14 @@ def json_call(
     body: dict[str, Any],
     keys: Keys | None,
     service: str = "ecr",
+    region: str = REGION,
 ) -> httpx.Response:
-    """An AWS JSON 1.1 call (`ecr` or `ecr-public`); `keys` None sends it unsigned (anonymous)."""
+    """An AWS JSON 1.1 call (`ecr` or `ecr-public`) signed for `region`; `keys` None sends it unsigned."""
     prefix = ECR_TARGET if service == "ecr" else PUBLIC_TARGET
     data = json.dumps(body).encode()
     headers = {"Content-Type": AWS_JSON, "X-Amz-Target": f"{prefix}.{operation}"}
     if keys is not None:
-        headers = sigv4(f"{base_url}/", data, headers, keys, service)
+        headers = sigv4(f"{base_url}/", data, headers, keys, service, region)
     return client.post(f"{base_url}/", content=data, headers=headers)
 
 
