@@ -34,6 +34,13 @@ class FileUploadWriter:
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
 
+    def truncate(self, size: int) -> None:
+        descriptor = self._file.fileno()
+        if not 0 <= size <= os.fstat(descriptor).st_size:
+            raise ValueError(f"cannot truncate an upload to {size} bytes: it holds fewer")
+        # The file is open for appending: what is written next lands after the kept bytes.
+        os.ftruncate(descriptor, size)
+
     def write(self, data: bytes) -> None:
         # An unbuffered file may take fewer bytes than offered; keep going until all are written.
         view = memoryview(data)
