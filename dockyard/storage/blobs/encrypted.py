@@ -1018,7 +1018,9 @@ class _EncryptingUploadWriter:
         self._inner.truncate(position)
         self._inner_size = position
         layout.truncate(index)
-        self.write(kept)
+        if kept:  # sealed now, as a short record: the truncation holds even if this writer is discarded
+            self._seal(memoryview(kept))
+            self._wrote = True
 
     def write(self, data: bytes) -> None:
         self._wrote = self._wrote or bool(data)

@@ -33,8 +33,11 @@ READ_CHUNK: Final = 1024 * 1024
 class FileUploadWriter:
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
+        self._wrote = False
 
     def truncate(self, size: int) -> None:
+        if self._wrote:
+            raise ValueError("truncate an upload before writing to it")
         descriptor = self._file.fileno()
         if not 0 <= size <= os.fstat(descriptor).st_size:
             raise ValueError(f"cannot truncate an upload to {size} bytes: it holds fewer")
@@ -43,6 +46,7 @@ class FileUploadWriter:
 
     def write(self, data: bytes) -> None:
         # An unbuffered file may take fewer bytes than offered; keep going until all are written.
+        self._wrote = self._wrote or bool(data)
         view = memoryview(data)
         while view:
             written = self._file.write(view)

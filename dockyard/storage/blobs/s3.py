@@ -686,7 +686,9 @@ class S3BlobStore:
         with contextlib.closing(response["Body"]) as body:
             data = body.read()
         if len(data) != length:
-            raise BlobUploadInvalid("a piece of the upload is shorter than its state says", detail={"upload": upload_id})
+            raise BlobUploadInvalid(
+                "a piece of the upload is shorter than its state says", detail={"upload": upload_id}
+            )
         return data
 
     def _put_staged(self, upload_id: str, name: str, data: bytes) -> None:

@@ -908,8 +908,9 @@ def test_an_append_after_a_whole_trailer_is_refused_with_a_4xx(root: Path, store
     path = upload_file(root, upload_id)
     records = path.read_bytes()
     store.commit_upload(upload_id, Digest.of(DATA[:3000]))
-    published = (root / "blobs" / "sha256" / Digest.of(DATA[:3000]).hex[:2] / Digest.of(DATA[:3000]).hex)
-    path.write_bytes(published.read_bytes())  # a commit that died between its trailer and publishing
+    path.write_bytes(
+        blob_file(root, Digest.of(DATA[:3000])).read_bytes()
+    )  # a commit that died between its trailer and publishing
     assert len(path.read_bytes()) > len(records)
     with pytest.raises(UploadCorrupted) as failure:
         make(root).append_upload(upload_id)
