@@ -69,10 +69,17 @@ Uploads
     remembers (per process) the inner size it last saw with the record layout (count, plaintext size, the
     offsets once irregular, the runs) and re-scans the record prefixes (no decryption) only when the inner size
     moved without it, e.g. after another node appended. An append opens the inner writer (exclusive) before it
-    looks at that state, so what it continues from cannot move under it. A record cut short (a writer killed
-    mid-write) makes the upload unusable (`BlobCorrupted` from appends, reads and commit; the client starts
-    over); `upload_size` alone counts the whole records and ignores such a tail, because from another node an
-    append still in progress looks the same.
+    looks at that state, so what it continues from cannot move under it.
+
+Torn tails (a writer killed mid-write)
+    A server killed while it appends leaves the last record cut short at any byte (prefix, ciphertext, or the
+    header of a first append); one killed while it commits, a trailer cut short. `upload_size` and
+    `read_upload` count and return the whole records only and ignore such a tail, because from another node
+    an append still in progress looks the same. An append or a commit holds the upload's exclusive inner
+    writer, so no other append is under way: a tail it finds is the leftover of a writer that died, and it
+    cuts it off (`UploadWriter.truncate`) before it writes; the upload goes on from the offset its status
+    reported, its records as they were. A server that restarted reads the records back (the Registry hashes
+    them again) before its first append, so they are authenticated before anything follows them.
 
 Committing
     `commit_upload(upload_id, digest)` does not verify the digest: by the BlobStore contract the caller did
@@ -81,15 +88,18 @@ Committing
     publishes with `inner.commit_upload(upload_id, digest)`. The process that received the appends needs no read
     for this; another one re-scans the record prefixes first. If a process dies after appending the trailer and
     before publishing, a retried `commit_upload` finds the trailer, checks it is the one this layout and this
-    digest give (its tag under the upload's key included) and publishes; an append after a trailer is refused
-    with `BlobCorrupted` (the client starts the upload over). `abort_upload` removes the upload, trailer and
+    digest give (its tag under the upload's key included) and publishes; an append after a whole trailer is
+    refused with `UploadCorrupted` (the client starts the upload over: a commit on another node may be about
+    to publish those bytes, so they are not cut off). `abort_upload` removes the upload, trailer and
     all. Committing one upload twice at the same time is not supported. `put_blob` (manifests) writes the same
     layout in one inner `put_blob`.
 
 Failures
     Any authentication or structural failure raises `BlobCorrupted` (HTTP 500, never wrong bytes) and logs on
-    the "dockyard.crypto" logger; a blob whose key id the provider does not hold (a wrong or missing master
-    key) raises its subclass `DataKeyUnavailable`. Other errors of a provider (e.g. a KMS key that is disabled)
+    the "dockyard.crypto" logger; for an upload in progress, its subclass `UploadCorrupted` (404
+    BLOB_UPLOAD_UNKNOWN: the client starts the upload again instead of retrying a 500 for ever). A blob or
+    upload whose key id the provider does not hold (a wrong or missing master key) raises the subclass
+    `DataKeyUnavailable`. Other errors of a provider (e.g. a KMS key that is disabled)
     pass through unchanged. A streamed read can fail after it yielded some bytes: those bytes are authentic
     (they come from records that verified), the rest is withheld.
 """

@@ -57,6 +57,13 @@ marker, never as digests: the caller verified the digest from the bytes. A bucke
 incomplete multipart uploads after a day is a sensible backstop for uploads that are never completed nor
 aborted.
 
+Truncating (`S3UploadWriter.truncate`, before a writer's first byte; the encrypted store cuts off a record
+that a writer which died left torn): the open multipart upload is sealed, the pieces before the cut are kept,
+the one it cuts is kept as a shorter copy (its first bytes as the tail when they are under 5 MiB, else a new
+segment copied server-side by `upload_part_copy` ranges), and the state names them, at once; the pieces after
+it are deleted. Appends on S3 are whole (the state names only closed appends), so a tail torn by a crash never
+arises in this store itself.
+
 Uploads staged by the previous layout (`parts/<nnnnn>.<token>` objects, one per 5-8 MiB) are read as
 segments, so they can be continued and committed.
 """
