@@ -995,6 +995,7 @@ class _EncryptingUploadWriter:
         self._view = memoryview(self._buffer)
         self._filled = 0
         self._wrote = False
+        self._failed = False
         if header:
             self._put(header)
             store._remember(upload_id, _UploadState(self._inner_size, state.header, state.layout))
@@ -1049,9 +1050,18 @@ class _EncryptingUploadWriter:
                 self._seal_buffer()
 
     def close(self) -> None:
+        if self._failed:
+            # A write to the inner store failed (a full disk, say): what it holds may end in a torn record,
+            # which the next append cuts off; nothing may follow it. The appends before are kept.
+            self.discard()
+            return
         try:
             if self._filled:
                 self._seal_buffer()
+        except BaseException:
+            self.discard()
+            raise
+        try:
             self._inner.close()
         except BaseException:
             self._store._forget(self._upload_id)
@@ -1074,7 +1084,11 @@ class _EncryptingUploadWriter:
         self._put(sealed)
 
     def _put(self, data: bytes) -> None:
-        self._inner.write(data)
+        try:
+            self._inner.write(data)
+        except BaseException:
+            self._failed = True
+            raise
         self._inner_size += len(data)
 
 

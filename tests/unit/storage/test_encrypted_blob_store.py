@@ -1166,6 +1166,47 @@ def test_a_failing_inner_close_forgets_what_the_writer_believed(
     assert store.upload_size(upload_id) == 200  # asked the inner store again: the filesystem kept the bytes
 
 
+def test_a_write_that_fails_mid_record_leaves_the_upload_resumable(
+    root: Path, store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the inner store takes part of a record, then fails; the request gives up (closes)."""
+    upload_id = upload(store, DATA[:3000])
+    opened = store.inner.append_upload
+
+    class DiskFull:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.room = 2 * RECORD + 100
+
+        def write(self, data: bytes) -> None:
+            taken = data[: self.room]
+            self.inner.write(taken)
+            self.room -= len(taken)
+            if len(taken) < len(data):
+                raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def discard(self) -> None:
+            self.inner.discard()
+
+    monkeypatch.setattr(store.inner, "append_upload", lambda upload_id: DiskFull(opened(upload_id)))
+    writer = store.append_upload(upload_id)
+    with pytest.raises(OSError, match="space"):
+        writer.write(DATA[3000:])
+    writer.close()  # what the Registry does when a request fails: keep what is there
+    monkeypatch.undo()
+    received = 3000 + (SEGMENT - 3000) + SEGMENT  # the whole records: to the grid line, then one more
+    assert store.upload_size(upload_id) == received
+    assert b"".join(store.read_upload(upload_id)) == DATA[:received]
+    writer = store.append_upload(upload_id)  # the inner writer was closed: the upload is not locked
+    writer.write(DATA[received:])
+    writer.close()
+    store.commit_upload(upload_id, DIGEST)
+    assert read(store, DIGEST) == DATA
+
+
 def test_a_failing_inner_commit_leaves_the_upload_for_a_retry(
     root: Path, store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
