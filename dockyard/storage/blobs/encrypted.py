@@ -957,7 +957,7 @@ class EncryptedBlobStore:
         if not state.torn:
             return state
         logger.warning(
-            "upload %s: dropping the last %d stored bytes, a record cut short by a writer that died",
+            "upload %s: dropping the last %d stored bytes, a record, header or trailer cut short by a writer that died",
             upload_id,
             state.torn,
         )
@@ -1014,7 +1014,8 @@ class _EncryptingUploadWriter:
         position, offset, length = layout.record(index)
         kept = b""
         if offset < size:  # the record holding byte `size`: keep its first bytes
-            stream = _Stream(self._store.inner.read_upload(self._upload_id))
+            chunks = self._store.inner.read_upload(self._upload_id)
+            stream = _Stream(chunks)
             try:
                 if stream.skip(position) != position:
                     raise _Corrupt("the upload is shorter than its records")
@@ -1024,7 +1025,7 @@ class _EncryptingUploadWriter:
                 detail = {"upload": self._upload_id}
                 raise _corrupted(f"upload {self._upload_id}", error, detail, UploadCorrupted) from None
             finally:
-                _close(stream.chunks)
+                _close(chunks)
         self._store._forget(self._upload_id)
         self._inner.truncate(position)
         self._inner_size = position
@@ -1188,7 +1189,6 @@ class _Stream:
     a copy of just that piece (views stay valid: chunks are immutable)."""
 
     def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
-        self.chunks = chunks
         self._chunks = chunks
         self._view = _EMPTY
         self.position = 0
