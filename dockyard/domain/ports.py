@@ -225,6 +225,11 @@ class Credential:
 class UploadWriter(Protocol):
     """Appends bytes to an upload in progress. `close` makes what was written part of the upload."""
 
+    def truncate(self, size: int) -> None:
+        """Drop the upload's bytes from `size` on, before this writer writes anything: e.g. a tail that a
+        writer which died left cut short. Takes effect at once (also if the writer is discarded later)."""
+        ...
+
     def write(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...

@@ -69,10 +69,17 @@ Uploads
     remembers (per process) the inner size it last saw with the record layout (count, plaintext size, the
     offsets once irregular, the runs) and re-scans the record prefixes (no decryption) only when the inner size
     moved without it, e.g. after another node appended. An append opens the inner writer (exclusive) before it
-    looks at that state, so what it continues from cannot move under it. A record cut short (a writer killed
-    mid-write) makes the upload unusable (`BlobCorrupted` from appends, reads and commit; the client starts
-    over); `upload_size` alone counts the whole records and ignores such a tail, because from another node an
-    append still in progress looks the same.
+    looks at that state, so what it continues from cannot move under it.
+
+Torn tails (a writer killed mid-write)
+    A server killed while it appends leaves the last record cut short at any byte (prefix, ciphertext, or the
+    header of a first append); one killed while it commits, a trailer cut short. `upload_size` and
+    `read_upload` count and return the whole records only and ignore such a tail, because from another node
+    an append still in progress looks the same. An append or a commit holds the upload's exclusive inner
+    writer, so no other append is under way: a tail it finds is the leftover of a writer that died, and it
+    cuts it off (`UploadWriter.truncate`) before it writes; the upload goes on from the offset its status
+    reported, its records as they were. A server that restarted reads the records back (the Registry hashes
+    them again) before its first append, so they are authenticated before anything follows them.
 
 Committing
     `commit_upload(upload_id, digest)` does not verify the digest: by the BlobStore contract the caller did
@@ -81,15 +88,18 @@ Committing
     publishes with `inner.commit_upload(upload_id, digest)`. The process that received the appends needs no read
     for this; another one re-scans the record prefixes first. If a process dies after appending the trailer and
     before publishing, a retried `commit_upload` finds the trailer, checks it is the one this layout and this
-    digest give (its tag under the upload's key included) and publishes; an append after a trailer is refused
-    with `BlobCorrupted` (the client starts the upload over). `abort_upload` removes the upload, trailer and
+    digest give (its tag under the upload's key included) and publishes; an append after a whole trailer is
+    refused with `UploadCorrupted` (the client starts the upload over: a commit on another node may be about
+    to publish those bytes, so they are not cut off). `abort_upload` removes the upload, trailer and
     all. Committing one upload twice at the same time is not supported. `put_blob` (manifests) writes the same
     layout in one inner `put_blob`.
 
 Failures
     Any authentication or structural failure raises `BlobCorrupted` (HTTP 500, never wrong bytes) and logs on
-    the "dockyard.crypto" logger; a blob whose key id the provider does not hold (a wrong or missing master
-    key) raises its subclass `DataKeyUnavailable`. Other errors of a provider (e.g. a KMS key that is disabled)
+    the "dockyard.crypto" logger; for an upload in progress, its subclass `UploadCorrupted` (404
+    BLOB_UPLOAD_UNKNOWN: the client starts the upload again instead of retrying a 500 for ever). A blob or
+    upload whose key id the provider does not hold (a wrong or missing master key) raises the subclass
+    `DataKeyUnavailable`. Other errors of a provider (e.g. a KMS key that is disabled)
     pass through unchanged. A streamed read can fail after it yielded some bytes: those bytes are authentic
     (they come from records that verified), the rest is withheld.
 """
@@ -103,7 +113,7 @@ import sys
 import threading
 import uuid
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -178,6 +188,20 @@ class BlobCorrupted(DockyardError):
     """Stored bytes failed authentication (tampering, truncation, bit rot): nothing unverified is returned."""
 
     kind = ErrorKind("UNKNOWN", 500, "ServerException", "stored content failed integrity verification")
+
+
+class UploadCorrupted(BlobCorrupted):
+    """The stored bytes of an upload in progress failed verification: the session cannot go on.
+
+    A 404 BLOB_UPLOAD_UNKNOWN, so that the client starts the upload again rather than retrying a 500 for ever.
+    """
+
+    kind = ErrorKind(
+        "BLOB_UPLOAD_UNKNOWN",
+        404,
+        "UploadNotFoundException",
+        "the upload's stored bytes failed integrity verification; start the upload again",
+    )
 
 
 class DataKeyUnavailable(BlobCorrupted):
@@ -385,6 +409,18 @@ class _Layout:
         self.plain_size += length
         self.last_length = length
 
+    def truncate(self, count: int) -> None:
+        """Keep the first `count` records only."""
+        if count >= self.count:
+            return
+        self.plain_size = self.record(count)[1]
+        if self.offsets is not None:
+            del self.offsets[count:]
+        runs = bisect_left(self.run_starts, count)  # the runs that began before record `count`
+        del self.run_starts[runs:], self.run_ids[runs:]
+        self.count = count
+        self.last_length = self.record(count - 1)[2] if count else 0
+
     def index_of(self, plain_offset: int) -> int:
         """The record holding the plaintext byte at `plain_offset` (< plain_size)."""
         if self.offsets is None:
@@ -539,6 +575,12 @@ class _UploadState:
     header: _Header | None = None
     layout: _Layout | None = None
     trailer: bytes | None = None
+    torn: int = 0  # bytes at the end that are no whole record, header or trailer (a writer cut short)
+
+    @property
+    def kept_size(self) -> int:
+        """The inner size without the torn tail: where the next append continues."""
+        return self.inner_size - self.torn
 
     @property
     def plain_size(self) -> int:
@@ -614,16 +656,18 @@ class EncryptedBlobStore:
 
     def upload_size(self, upload_id: str) -> int | None:
         try:
-            return self._upload_state(upload_id, strict=False).plain_size
+            return self._upload_state(upload_id).plain_size
         except BlobUploadUnknown:
             return None
 
     def append_upload(self, upload_id: str) -> UploadWriter:
         writer = self.inner.append_upload(upload_id)  # exclusive: the state read below cannot move under us
         try:
-            state = self._upload_state(upload_id)
+            state = self._writable_state(upload_id, writer)
             if state.trailer is not None:
-                raise _corrupted(f"upload {upload_id}", "append after a commit's trailer", {"upload": upload_id})
+                raise _corrupted(
+                    f"upload {upload_id}", "append after a commit's trailer", {"upload": upload_id}, UploadCorrupted
+                )
             header_bytes = b""
             if state.header is None:  # the first append: choose the upload's key and write the header
                 header_bytes, header = _new_header(self.keys, upload_id, self.segment_size)
@@ -640,13 +684,13 @@ class EncryptedBlobStore:
         """Append the trailer for `digest` (the caller verified the digest) and publish; see the module docstring."""
         writer = self.inner.append_upload(upload_id)  # BlobUploadUnknown before anything is written
         try:
-            state = self._upload_state(upload_id)
+            state = self._writable_state(upload_id, writer)
             if state.trailer is not None:  # a commit that died before publishing appended it
                 assert state.header is not None and state.layout is not None
                 try:
                     _check_trailer(state.header, state.layout, digest, state.trailer)
                 except _Corrupt as error:
-                    raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}) from None
+                    raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, UploadCorrupted) from None
                 writer.close()
             else:
                 header_bytes, header, layout = b"", state.header, state.layout
@@ -802,12 +846,16 @@ class EncryptedBlobStore:
     # ------------------------------------------------------------------------------------ upload internals
 
     def _read_upload_header(self, upload_id: str, stream: _Stream) -> _Header | None:
-        """Parse and verify an upload's header from the start of its bytes; None when they are empty."""
+        """Parse and verify an upload's header from the start of its bytes; None when they are empty or end
+        before the header does (the first append was cut short: all there is is a torn tail)."""
         fixed = bytes(stream.take(_HEADER_FIXED.size))
-        if not fixed:
+        if len(fixed) < _HEADER_FIXED.size:
             return None
         length = _header_size(fixed)
-        header = _open_header(self.keys, fixed + bytes(stream.take(length - len(fixed))))
+        raw = fixed + bytes(stream.take(length - len(fixed)))
+        if len(raw) < length:
+            return None
+        header = _open_header(self.keys, raw)
         if header.upload_id != upload_id:
             raise _Corrupt("the bytes belong to another upload")
         return header
@@ -824,9 +872,13 @@ class EncryptedBlobStore:
             while prefix := bytes(stream.take(_RECORD_PREFIX.size)):
                 if prefix[: len(_MARKER)] == _MARKER:
                     break  # a commit's trailer: the records are all there is to read
+                if len(prefix) < _RECORD_PREFIX.size:
+                    break  # a torn last record: not part of the upload (the next append drops it)
                 length, _ = _parse_record_prefix(prefix, header.segment_size)
                 piece = bytearray(prefix)
                 piece += stream.take(length + TAG_BYTES)
+                if len(piece) < length + RECORD_OVERHEAD:
+                    break  # likewise
                 plaintext = _open_record(header, piece, offset, length, None)
                 offset += length
                 batch.append(plaintext)
@@ -837,50 +889,50 @@ class EncryptedBlobStore:
             if batch:
                 yield _drain(batch)
         except _FAILURES as error:
-            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}) from None
+            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, UploadCorrupted) from None
         except BlobCorrupted as error:
-            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, type(error)) from None
+            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, _upload_kind(error)) from None
         finally:
             _close(chunks)
 
-    def _scan_upload(self, upload_id: str, strict: bool) -> _UploadState:
+    def _scan_upload(self, upload_id: str) -> _UploadState:
         """Walk the record prefixes (no decryption) to learn the layout; verifies the header.
 
-        Not `strict`: a record cut short at the end is left out (it may be an append still in progress).
+        Bytes at the end that are no whole record, header or trailer are counted as `torn`, not as part of the
+        upload: seen from another node they may be an append still in progress; seen by the holder of the
+        upload's writer, the tail of one that died (`_writable_state` drops them).
         """
         chunks = self.inner.read_upload(upload_id)
         stream = _Stream(chunks)
         try:
             header = self._read_upload_header(upload_id, stream)
             if header is None:
-                return _UploadState(0)
+                return _UploadState(stream.position, torn=stream.position)
             layout = _Layout(header.segment_size, header.length)
             while prefix := bytes(stream.take(_RECORD_PREFIX.size)):
                 if prefix[: len(_MARKER)] == _MARKER:  # a commit's trailer, as long as this layout's must be
                     size = len(_MARKER) + len(layout.trailer_parts()[1]) + _FOOTER_BYTES
                     trailer = prefix + bytes(stream.take(size - len(prefix)))
-                    if len(trailer) < size and not strict:
-                        break  # a commit may be writing it right now
-                    if len(trailer) != size or stream.take(1):
+                    if len(trailer) < size:
+                        break  # a commit writing it right now, or one that died
+                    if stream.take(1):
                         raise _Corrupt("the trailer does not end the upload where it should")
                     return _UploadState(stream.position, header, layout, trailer)
-                if not strict and len(prefix) < _RECORD_PREFIX.size:
+                if len(prefix) < _RECORD_PREFIX.size:
                     break
                 length, nonce = _parse_record_prefix(prefix, header.segment_size)
                 if stream.skip(length + TAG_BYTES) != length + TAG_BYTES:
-                    if not strict:
-                        break
-                    raise _Corrupt(f"the record at plaintext offset {layout.plain_size} is truncated")
+                    break
                 layout.add(length, nonce[1 : 1 + _RUN_ID_BYTES])
-            return _UploadState(layout.end, header, layout)
+            return _UploadState(stream.position, header, layout, torn=stream.position - layout.end)
         except _FAILURES as error:
-            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}) from None
+            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, UploadCorrupted) from None
         except BlobCorrupted as error:
-            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, type(error)) from None
+            raise _corrupted(f"upload {upload_id}", error, {"upload": upload_id}, _upload_kind(error)) from None
         finally:
             _close(chunks)
 
-    def _upload_state(self, upload_id: str, strict: bool = True) -> _UploadState:
+    def _upload_state(self, upload_id: str) -> _UploadState:
         inner_size = self.inner.upload_size(upload_id)
         if inner_size is None:
             self._forget(upload_id)
@@ -889,7 +941,28 @@ class EncryptedBlobStore:
             known = self._uploads.get(upload_id)
         if known is not None and known.inner_size == inner_size:
             return known
-        state = self._scan_upload(upload_id, strict)
+        state = self._scan_upload(upload_id)
+        self._remember(upload_id, state)
+        return state
+
+    def _writable_state(self, upload_id: str, writer: UploadWriter) -> _UploadState:
+        """The state an append or a commit holding the upload's (exclusive) inner `writer` continues from.
+
+        No other append can be under way, so a torn tail is what a writer that died (a killed server) left:
+        it is cut off, and the upload goes on after its last whole record. (The records themselves are
+        authenticated when they are read back, as a server that restarted does to hash the upload again
+        before it appends; a damaged one makes the upload fail with `UploadCorrupted`.)
+        """
+        state = self._upload_state(upload_id)
+        if not state.torn:
+            return state
+        logger.warning(
+            "upload %s: dropping the last %d stored bytes, a record, header or trailer cut short by a writer that died",
+            upload_id,
+            state.torn,
+        )
+        writer.truncate(state.kept_size)
+        state = _UploadState(state.kept_size, state.header, state.layout)
         self._remember(upload_id, state)
         return state
 
@@ -921,11 +994,48 @@ class _EncryptingUploadWriter:
         self._buffer = bytearray(self._size)
         self._view = memoryview(self._buffer)
         self._filled = 0
+        self._wrote = False
+        self._failed = False
         if header:
             self._put(header)
             store._remember(upload_id, _UploadState(self._inner_size, state.header, state.layout))
 
+    def truncate(self, size: int) -> None:
+        """Drop the plaintext from `size` on, before anything is written: the records after it go, and the
+        record `size` cuts is sealed again, shorter, by this writer's run."""
+        layout = self._sealer.layout
+        if self._wrote or self._filled:
+            raise ValueError("truncate an upload before writing to it")
+        if not 0 <= size <= layout.plain_size:
+            raise ValueError(f"cannot truncate an upload to {size} bytes: it holds {layout.plain_size}")
+        if size == layout.plain_size:
+            return
+        index = layout.index_of(size)
+        position, offset, length = layout.record(index)
+        kept = b""
+        if offset < size:  # the record holding byte `size`: keep its first bytes
+            chunks = self._store.inner.read_upload(self._upload_id)
+            stream = _Stream(chunks)
+            try:
+                if stream.skip(position) != position:
+                    raise _Corrupt("the upload is shorter than its records")
+                piece = stream.take(length + RECORD_OVERHEAD)
+                kept = _open_record(self._sealer.header, piece, offset, length, None)[: size - offset]
+            except _FAILURES as error:
+                detail = {"upload": self._upload_id}
+                raise _corrupted(f"upload {self._upload_id}", error, detail, UploadCorrupted) from None
+            finally:
+                _close(chunks)
+        self._store._forget(self._upload_id)
+        self._inner.truncate(position)
+        self._inner_size = position
+        layout.truncate(index)
+        if kept:  # sealed now, as a short record: the truncation holds even if this writer is discarded
+            self._seal(memoryview(kept))
+            self._wrote = True
+
     def write(self, data: bytes) -> None:
+        self._wrote = self._wrote or bool(data)
         view = memoryview(data)
         while view:
             room = self._size - (self._sealer.layout.plain_size + self._filled) % self._size  # to the grid line
@@ -941,9 +1051,18 @@ class _EncryptingUploadWriter:
                 self._seal_buffer()
 
     def close(self) -> None:
+        if self._failed:
+            # A write to the inner store failed (a full disk, say): what it holds may end in a torn record,
+            # which the next append cuts off; nothing may follow it. The appends before are kept.
+            self.discard()
+            return
         try:
             if self._filled:
                 self._seal_buffer()
+        except BaseException:
+            self.discard()
+            raise
+        try:
             self._inner.close()
         except BaseException:
             self._store._forget(self._upload_id)
@@ -966,7 +1085,11 @@ class _EncryptingUploadWriter:
         self._put(sealed)
 
     def _put(self, data: bytes) -> None:
-        self._inner.write(data)
+        try:
+            self._inner.write(data)
+        except BaseException:
+            self._failed = True
+            raise
         self._inner_size += len(data)
 
 
@@ -978,6 +1101,12 @@ def _corrupted(
 ) -> BlobCorrupted:
     logger.error("integrity verification failed for %s: %s", what, reason or "authentication failed")
     return kind(detail=detail)
+
+
+def _upload_kind(error: BlobCorrupted) -> type[BlobCorrupted]:
+    """How a verification failure of an upload in progress is raised: the client starts it again (a 4xx);
+    a key the server does not hold is the server's fault and stays what it is."""
+    return type(error) if isinstance(error, DataKeyUnavailable) else UploadCorrupted
 
 
 def _drain(batch: list[bytes]) -> bytes:

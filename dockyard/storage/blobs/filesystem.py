@@ -33,9 +33,20 @@ READ_CHUNK: Final = 1024 * 1024
 class FileUploadWriter:
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
+        self._wrote = False
+
+    def truncate(self, size: int) -> None:
+        if self._wrote:
+            raise ValueError("truncate an upload before writing to it")
+        descriptor = self._file.fileno()
+        if not 0 <= size <= os.fstat(descriptor).st_size:
+            raise ValueError(f"cannot truncate an upload to {size} bytes: it holds fewer")
+        # The file is open for appending: what is written next lands after the kept bytes.
+        os.ftruncate(descriptor, size)
 
     def write(self, data: bytes) -> None:
         # An unbuffered file may take fewer bytes than offered; keep going until all are written.
+        self._wrote = self._wrote or bool(data)
         view = memoryview(data)
         while view:
             written = self._file.write(view)

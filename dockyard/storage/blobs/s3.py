@@ -57,6 +57,13 @@ marker, never as digests: the caller verified the digest from the bytes. A bucke
 incomplete multipart uploads after a day is a sensible backstop for uploads that are never completed nor
 aborted.
 
+Truncating (`S3UploadWriter.truncate`, before a writer's first byte; the encrypted store cuts off a record
+that a writer which died left torn): the open multipart upload is sealed, the pieces before the cut are kept,
+the one it cuts is kept as a shorter copy (its first bytes as the tail when they are under 5 MiB, else a new
+segment copied server-side by `upload_part_copy` ranges), and the state names them, at once; the pieces after
+it are deleted. Appends on S3 are whole (the state names only closed appends), so a tail torn by a crash never
+arises in this store itself.
+
 Uploads staged by the previous layout (`parts/<nnnnn>.<token>` objects, one per 5-8 MiB) are read as
 segments, so they can be continued and committed.
 """
@@ -216,6 +223,12 @@ class S3UploadWriter:
         self._buffer = bytearray()
         self._failed = False
         self._closed = False
+
+    def truncate(self, size: int) -> None:
+        """Drop the upload's bytes from `size` on, at once (in the state), before this writer's first byte."""
+        if self._base is not None or self._closed:
+            raise ValueError("truncate an upload before writing to it")
+        self._store._truncate(self._upload_id, self._opened, size)
 
     def write(self, data: bytes) -> None:
         if self._closed or self._failed:
@@ -545,6 +558,73 @@ class S3BlobStore:
         size = multipart.size + (state.tail_size if tail is None else 0)
         return replace(state, segments=(*state.segments, (multipart.name, size)), open=None, tail=tail)
 
+    def _truncate(self, upload_id: str, opened: _UploadState, size: int) -> None:
+        """Keep the first `size` bytes of the upload: the pieces before, a shorter copy of the piece `size` cuts.
+
+        The open multipart upload is sealed first (its parts cannot be read or cut). A cut piece keeps its
+        first bytes as the tail when they are fewer than S3's minimum part size, else as a new segment copied
+        server-side. The `appends` count stays: a writer opened before (the one truncating) carries on.
+        """
+        state, version = self._state(upload_id)
+        if state.appends != opened.appends:
+            raise BlobUploadUnknown("the upload was changed by another writer", detail={"upload": upload_id})
+        if not 0 <= size <= state.size:
+            raise ValueError(f"cannot truncate an upload to {size} bytes: it holds {state.size}")
+        if size == state.size:
+            return
+        if state.open is not None:
+            state = self._seal(upload_id, state, with_tail=False)
+        kept: list[tuple[str, int]] = []
+        dropped: list[str] = []
+        tail: tuple[str, int] | None = None
+        start = 0
+        for name, piece_size in state.pieces:
+            if start + piece_size <= size:
+                kept.append((name, piece_size))
+            else:
+                dropped.append(name)
+                length = size - start
+                if length <= 0:
+                    pass
+                elif length < MIN_PART_SIZE:
+                    tail = (f"tail.{secrets.token_hex(8)}", length)
+                    self._put_staged(upload_id, tail[0], self._read_staged(upload_id, name, length))
+                else:
+                    kept.append((self._copy_prefix(upload_id, name, length, len(kept) + 1), length))
+            start += piece_size
+        if self._state_version(upload_id) != version:
+            raise BlobUploadUnknown("the upload was aborted or changed by another writer", detail={"upload": upload_id})
+        self._put_state(upload_id, replace(state, segments=tuple(kept), open=None, tail=tail))
+        with contextlib.suppress(ClientError):
+            self._delete_staged(upload_id, dropped)
+
+    def _copy_prefix(self, upload_id: str, name: str, length: int, number: int) -> str:
+        """A new segment holding the first `length` bytes (5 MiB at least) of a staged piece, copied server-side."""
+        segment = f"segments/{number:05d}.{secrets.token_hex(8)}"
+        key, source = self._staged_key(upload_id, segment), self._staged_key(upload_id, name)
+        multipart = self._create_multipart(upload_id, segment)
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            for part, bounds in enumerate(_copy_ranges(length, alone=True), 1):
+                assert bounds is not None
+                copied = self.client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=multipart,
+                    PartNumber=part,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    CopySourceRange=f"bytes={bounds[0]}-{bounds[1]}",
+                )
+                parts.append({"PartNumber": part, "ETag": copied["CopyPartResult"]["ETag"]})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=multipart, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(ClientError):
+                self._abort_multipart(key, multipart)
+            raise
+        return segment
+
     def _object_size(self, key: str) -> int | None:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
@@ -598,8 +678,25 @@ class S3BlobStore:
             with contextlib.closing(body):
                 yield from body.iter_chunks(READ_CHUNK)
 
-    def _read_staged(self, upload_id: str, name: str) -> bytes:
-        return b"".join(self._stream_staged(upload_id, [name]))
+    def _read_staged(self, upload_id: str, name: str, length: int | None = None) -> bytes:
+        """A staged piece, or its first `length` bytes."""
+        if length is None:
+            return b"".join(self._stream_staged(upload_id, [name]))
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._staged_key(upload_id, name), Range=f"bytes=0-{length - 1}"
+            )
+        except ClientError as error:
+            if _code(error) in _MISSING:
+                raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+            raise
+        with contextlib.closing(response["Body"]) as body:
+            data = body.read()
+        if len(data) != length:
+            raise BlobUploadInvalid(
+                "a piece of the upload is shorter than its state says", detail={"upload": upload_id}
+            )
+        return data
 
     def _put_staged(self, upload_id: str, name: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._staged_key(upload_id, name), Body=data)

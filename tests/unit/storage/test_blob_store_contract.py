@@ -162,6 +162,35 @@ def test_one_writer_many_writes(store: BlobStore) -> None:
     assert b"".join(store.read_upload(upload_id)) == DATA[:100]
 
 
+@pytest.mark.parametrize("size", [0, 10, 1_000_000, 2_000_000, len(DATA) - 1, len(DATA)])
+def test_a_truncated_upload_keeps_its_first_bytes_and_appends_follow(store: BlobStore, size: int) -> None:
+    upload_id = upload(store, DATA[:10], DATA[10:2_000_000], DATA[2_000_000:])
+    writer = store.append_upload(upload_id)
+    writer.truncate(size)
+    writer.write(b"after")
+    writer.close()
+    assert store.upload_size(upload_id) == size + 5
+    assert b"".join(store.read_upload(upload_id)) == DATA[:size] + b"after"
+    store.commit_upload(upload_id, Digest.of(DATA[:size] + b"after"))
+    assert read(store, Digest.of(DATA[:size] + b"after")) == DATA[:size] + b"after"
+
+
+def test_truncation_takes_effect_at_once(store: BlobStore) -> None:
+    upload_id = upload(store, DATA)
+    writer = store.append_upload(upload_id)
+    writer.truncate(1000)
+    writer.discard()
+    assert b"".join(store.read_upload(upload_id)) == DATA[:1000]
+    writer = store.append_upload(upload_id)
+    with pytest.raises(ValueError):
+        writer.truncate(1001)  # beyond the upload's end
+    writer.write(b"x")
+    with pytest.raises(ValueError):
+        writer.truncate(10)  # only before writing
+    writer.close()
+    assert b"".join(store.read_upload(upload_id)) == DATA[:1000] + b"x"
+
+
 def test_blob_is_invisible_before_commit(store: BlobStore) -> None:
     upload(store, DATA)
     assert store.blob_size(DIGEST) is None

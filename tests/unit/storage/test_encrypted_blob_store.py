@@ -7,6 +7,7 @@ encrypted format documented in dockyard/storage/blobs/encrypted.py, to tamper wi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -35,6 +36,7 @@ from dockyard.storage.blobs.encrypted import (
     DataKeyUnavailable,
     EncryptedBlobStore,
     MasterKeyProvider,
+    UploadCorrupted,
 )
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from tests.unit.storage.conftest import moto_s3_store
@@ -734,18 +736,26 @@ def test_swapped_upload_files_fail(root: Path, store: EncryptedBlobStore) -> Non
             make(root).upload_size(upload_id)  # the header names its upload
 
 
-def test_a_torn_upload_tail_is_refused_but_not_counted(root: Path, store: EncryptedBlobStore) -> None:
+def test_a_torn_upload_tail_is_not_counted_and_the_next_append_drops_it(root: Path, store: EncryptedBlobStore) -> None:
     upload_id = upload(store, DATA[:3000], DATA[3000:5000])
     path = upload_file(root, upload_id)
     path.write_bytes(path.read_bytes()[:-10])  # a writer killed mid-record (or, seen from afar, still writing)
     assert store.upload_size(upload_id) == SEGMENT  # records 3000 | 1096 (back on the grid), 904 (torn)
-    with pytest.raises(BlobCorrupted):
-        make(root).append_upload(upload_id)
-    with pytest.raises(BlobCorrupted):
-        b"".join(store.read_upload(upload_id))
-    with pytest.raises(BlobCorrupted):
-        store.commit_upload(upload_id, Digest.of(DATA[:5000]))
-    assert store.blob_size(Digest.of(DATA[:5000])) is None
+    assert b"".join(store.read_upload(upload_id)) == DATA[:SEGMENT]
+    restarted = make(root)
+    writer = restarted.append_upload(upload_id)
+    writer.write(DATA[SEGMENT:])
+    writer.close()
+    restarted.commit_upload(upload_id, DIGEST)
+    assert read(store, DIGEST) == DATA
+
+
+def test_a_torn_tail_is_dropped_by_a_commit_too(root: Path, store: EncryptedBlobStore) -> None:
+    upload_id = upload(store, DATA[:3000], DATA[3000:5000])
+    path = upload_file(root, upload_id)
+    path.write_bytes(path.read_bytes()[:-10])
+    make(root).commit_upload(upload_id, Digest.of(DATA[:SEGMENT]))
+    assert read(store, Digest.of(DATA[:SEGMENT])) == DATA[:SEGMENT]
 
 
 @pytest.mark.parametrize(
@@ -763,15 +773,149 @@ def test_an_upload_with_a_malformed_record_prefix(
     upload_id = upload(store, DATA[:3000], DATA[3000:5000])
     path = upload_file(root, upload_id)
     path.write_bytes(damage(path.read_bytes()))
-    if received is None:
-        with pytest.raises(BlobCorrupted):
-            store.upload_size(upload_id)
+    if received is None:  # not what a writer that died leaves: the upload cannot go on (the client restarts it)
+        for attempt in (
+            lambda: store.upload_size(upload_id),
+            lambda: b"".join(store.read_upload(upload_id)),
+            lambda: store.append_upload(upload_id),
+        ):
+            with pytest.raises(UploadCorrupted) as failure:
+                attempt()
+            assert failure.value.http_status == 404 and failure.value.oci_code == "BLOB_UPLOAD_UNKNOWN"
     else:
         assert store.upload_size(upload_id) == received
-    with pytest.raises(BlobCorrupted):
-        b"".join(store.read_upload(upload_id))
-    with pytest.raises(BlobCorrupted):
-        store.append_upload(upload_id)
+        assert b"".join(store.read_upload(upload_id)) == DATA[:received]
+        writer = store.append_upload(upload_id)
+        writer.write(DATA[received:])
+        writer.close()
+        store.commit_upload(upload_id, DIGEST)
+        assert read(store, DIGEST) == DATA
+
+
+def torn_copy(inner: BlobStore, upload_id: str, stored: bytes) -> None:
+    """Make the inner upload hold exactly `stored` (as a writer that died would leave it), through its own API."""
+    inner.abort_upload(upload_id)
+    inner.start_upload(upload_id)
+    writer = inner.append_upload(upload_id)
+    writer.write(stored)
+    writer.close()
+
+
+def inner_bytes(inner: BlobStore, upload_id: str) -> bytes:
+    return b"".join(inner.read_upload(upload_id))
+
+
+def check_a_torn_last_record(inner: BlobStore, before: list[int], last: int, cut: int, rest: int) -> None:
+    """Appends of `before` bytes, then one of `last` bytes (one record) of which `cut` bytes were stored:
+    a store that starts afresh (a restarted server) reports the appends before it and continues from there."""
+    data = (DATA * 2)[: sum(before) + last + rest]
+    assert len(data) == sum(before) + last + rest
+    writing = EncryptedBlobStore(inner, MasterKeyProvider(KEY), SEGMENT)
+    upload_id = new_id()
+    writing.start_upload(upload_id)
+    kept = 0
+    for size in before:
+        writer = writing.append_upload(upload_id)
+        writer.write(data[kept : kept + size])
+        writer.close()
+        kept += size
+    whole = inner_bytes(inner, upload_id)
+    writer = writing.append_upload(upload_id)
+    writer.write(data[kept : kept + last])
+    writer.close()
+    stored = inner_bytes(inner, upload_id)
+    record = len(stored) - len(whole)
+    assert record == last + RECORD_OVERHEAD  # one record
+    torn = cut % record  # 0: the append was killed before it wrote anything
+    torn_copy(inner, upload_id, stored[: len(whole) + torn])
+
+    restarted = EncryptedBlobStore(inner, MasterKeyProvider(KEY), SEGMENT)
+    assert restarted.upload_size(upload_id) == kept
+    assert b"".join(restarted.read_upload(upload_id)) == data[:kept]
+    writer = restarted.append_upload(upload_id)
+    writer.write(data[kept:])
+    writer.close()
+    assert inner_bytes(inner, upload_id)[: len(whole)] == whole  # the whole records stayed as they were
+    assert restarted.upload_size(upload_id) == len(data)
+    restarted.commit_upload(upload_id, Digest.of(data))
+    assert read(writing, Digest.of(data)) == data
+
+
+TORN_LAST_RECORD = {
+    "before": st.lists(st.integers(1, 2 * SEGMENT), min_size=1, max_size=3),
+    "last": st.integers(1, SEGMENT),
+    "cut": st.integers(0, SEGMENT + RECORD_OVERHEAD - 1),
+    "rest": st.integers(0, 2 * SEGMENT),
+}
+
+
+def fitting(before: list[int], last: int) -> int:
+    """`last` cut down to what one record after `before` can hold (up to the next line of the grid)."""
+    return min(last, SEGMENT - sum(before) % SEGMENT)
+
+
+@settings(PROPERTIES, max_examples=120)
+@given(**TORN_LAST_RECORD)
+def test_a_torn_last_record_on_the_filesystem_resumes_after_the_whole_ones(
+    before: list[int], last: int, cut: int, rest: int
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        inner = FilesystemBlobStore(Path(directory))
+        check_a_torn_last_record(inner, before, fitting(before, last), cut, rest)
+
+
+def test_a_torn_last_record_on_s3_resumes_after_the_whole_ones(tmp_path: Path) -> None:
+    with moto_s3_store(tmp_path) as inner:
+
+        @settings(PROPERTIES, max_examples=25)
+        @given(**TORN_LAST_RECORD)
+        def check(before: list[int], last: int, cut: int, rest: int) -> None:
+            check_a_torn_last_record(inner, before, fitting(before, last), cut, rest)
+
+        check()
+
+
+@pytest.mark.parametrize("inner_store", ["filesystem", "s3"])
+def test_a_record_torn_at_every_position_resumes_after_the_whole_ones(tmp_path: Path, inner_store: str) -> None:
+    before, last = [3000, SEGMENT - 3000 + 10], 20  # a short record: each position costs a dozen S3 calls
+    stores = (
+        contextlib.nullcontext(FilesystemBlobStore(tmp_path / "store"))
+        if inner_store == "filesystem"
+        else moto_s3_store(tmp_path)
+    )
+    with stores as inner:
+        for cut in range(last + RECORD_OVERHEAD):
+            check_a_torn_last_record(inner, before, last, cut, 0)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 11, 40, -17, -1])
+def test_a_torn_header_leaves_an_empty_upload(root: Path, store: EncryptedBlobStore, cut: int) -> None:
+    upload_id = upload(store, DATA[:100])
+    path = upload_file(root, upload_id)
+    stored = path.read_bytes()
+    path.write_bytes(stored[: cut % header_length(stored)])  # the first append died while it wrote the header
+    restarted = make(root)
+    assert restarted.upload_size(upload_id) == 0
+    assert b"".join(restarted.read_upload(upload_id)) == b""
+    writer = restarted.append_upload(upload_id)
+    writer.write(DATA)
+    writer.close()
+    restarted.commit_upload(upload_id, DIGEST)
+    assert read(store, DIGEST) == DATA
+
+
+def test_an_append_after_a_whole_trailer_is_refused_with_a_4xx(root: Path, store: EncryptedBlobStore) -> None:
+    upload_id = upload(store, DATA[:3000])
+    path = upload_file(root, upload_id)
+    records = path.read_bytes()
+    store.commit_upload(upload_id, Digest.of(DATA[:3000]))
+    path.write_bytes(
+        blob_file(root, Digest.of(DATA[:3000])).read_bytes()
+    )  # a commit that died between its trailer and publishing
+    assert len(path.read_bytes()) > len(records)
+    with pytest.raises(UploadCorrupted) as failure:
+        make(root).append_upload(upload_id)
+    assert failure.value.http_status == 404
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -949,7 +1093,7 @@ def test_an_append_after_the_trailer_is_refused(
     assert store.upload_size(upload_id) is None
 
 
-@pytest.mark.parametrize("damage", ["run id", "plaintext length", "trailer nonce", "trailer tag", "last byte cut"])
+@pytest.mark.parametrize("damage", ["run id", "plaintext length", "trailer nonce", "trailer tag"])
 def test_a_damaged_trailer_of_an_unpublished_commit_is_refused(
     root: Path, store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
@@ -960,11 +1104,27 @@ def test_a_damaged_trailer_of_an_unpublished_commit_is_refused(
             store.commit_upload(upload_id, DIGEST)
     path = upload_file(root, upload_id)
     path.write_bytes(TRAILER_TAMPERING[damage](path.read_bytes()))
-    with pytest.raises(BlobCorrupted):
+    with pytest.raises(UploadCorrupted):
         make(root).commit_upload(upload_id, DIGEST)
     assert store.blob_size(DIGEST) is None
-    if damage == "last byte cut":  # seen from another node, a commit may be appending it right now
-        assert make(root).upload_size(upload_id) == len(DATA)
+
+
+@pytest.mark.parametrize("kept", [1, 3, 4, 20, -1], ids=lambda kept: f"{kept} bytes kept")
+def test_a_trailer_cut_short_is_dropped_and_the_commit_done_again(
+    root: Path, store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch, kept: int
+) -> None:
+    upload_id = upload(store, DATA[:3000], DATA[3000:])  # irregular: the trailer holds an index of offsets
+    path = upload_file(root, upload_id)
+    records = len(path.read_bytes())
+    with monkeypatch.context() as patch:
+        crash_at_publication(store, patch)
+        with pytest.raises(CrashingCommit):
+            store.commit_upload(upload_id, DIGEST)
+    stored = path.read_bytes()
+    path.write_bytes(stored[: records + kept % (len(stored) - records)])  # a commit killed mid-trailer
+    assert make(root).upload_size(upload_id) == len(DATA)  # seen from another node, a commit may be writing it
+    make(root).commit_upload(upload_id, DIGEST)  # holding the upload's writer: the commit that wrote it died
+    assert read(store, DIGEST) == DATA
 
 
 def test_bytes_after_a_trailer_are_refused(
@@ -977,7 +1137,7 @@ def test_bytes_after_a_trailer_are_refused(
             store.commit_upload(upload_id, DIGEST)
     with upload_file(root, upload_id).open("ab") as file:
         file.write(b"more")
-    with pytest.raises(BlobCorrupted):
+    with pytest.raises(UploadCorrupted):
         make(root).upload_size(upload_id)
 
 
@@ -1005,6 +1165,47 @@ def test_a_failing_inner_close_forgets_what_the_writer_believed(
         writer.close()
     monkeypatch.undo()
     assert store.upload_size(upload_id) == 200  # asked the inner store again: the filesystem kept the bytes
+
+
+def test_a_write_that_fails_mid_record_leaves_the_upload_resumable(
+    root: Path, store: EncryptedBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the inner store takes part of a record, then fails; the request gives up (closes)."""
+    upload_id = upload(store, DATA[:3000])
+    opened = store.inner.append_upload
+
+    class DiskFull:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.room = 2 * RECORD + 100
+
+        def write(self, data: bytes) -> None:
+            taken = data[: self.room]
+            self.inner.write(taken)
+            self.room -= len(taken)
+            if len(taken) < len(data):
+                raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def discard(self) -> None:
+            self.inner.discard()
+
+    monkeypatch.setattr(store.inner, "append_upload", lambda upload_id: DiskFull(opened(upload_id)))
+    writer = store.append_upload(upload_id)
+    with pytest.raises(OSError, match="space"):
+        writer.write(DATA[3000:])
+    writer.close()  # what the Registry does when a request fails: keep what is there
+    monkeypatch.undo()
+    received = 3000 + (SEGMENT - 3000) + SEGMENT  # the whole records: to the grid line, then one more
+    assert store.upload_size(upload_id) == received
+    assert b"".join(store.read_upload(upload_id)) == DATA[:received]
+    writer = store.append_upload(upload_id)  # the inner writer was closed: the upload is not locked
+    writer.write(DATA[received:])
+    writer.close()
+    store.commit_upload(upload_id, DIGEST)
+    assert read(store, DIGEST) == DATA
 
 
 def test_a_failing_inner_commit_leaves_the_upload_for_a_retry(

@@ -344,3 +344,63 @@ def test_encrypted_uploads_over_s3_on_two_nodes(store: S3BlobStore) -> None:
     assert b"".join(second.read_blob(DIGEST)) == DATA
     assert b"".join(second.read_blob(DIGEST, 12 * MIB, 100)) == DATA[12 * MIB : 12 * MIB + 100]
     assert leftovers(store) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("size", "pieces"),
+    [
+        (14 * MIB, ([8 * MIB, 6 * MIB], False)),  # in the second segment, more than a part: copied
+        (9 * MIB, ([8 * MIB], True)),  # in the second segment, less than a part: the tail
+        (8 * MIB, ([8 * MIB], False)),  # between the segments
+        (21 * MIB + 3, ([8 * MIB, 13 * MIB], True)),  # in the open multipart upload, sealed first
+        (29 * MIB + 5, ([8 * MIB, 13 * MIB, 8 * MIB], True)),  # in the tail
+        (3, ([], True)),
+        (0, ([], False)),
+    ],
+)
+def test_a_truncated_upload_keeps_whole_pieces_and_a_cut_copy_of_one(
+    store: S3BlobStore, size: int, pieces: tuple[list[int], bool]
+) -> None:
+    """Wherever the cut falls, the state names only the first `size` bytes; whatever follows is deleted."""
+    upload_id = new_upload(store)
+    for start, end in [(0, 9 * MIB), (9 * MIB, 21 * MIB)]:
+        append(store, upload_id, DATA[start:end])
+        b"".join(node(store).read_upload(upload_id))  # sealed: segments of 8 and 13 MiB
+    append(store, upload_id, DATA[21 * MIB :])  # an open multipart upload of one 8 MiB part, and a tail
+    state, _ = store._state(upload_id)
+    assert state.open is not None and state.tail is not None and len(state.segments) == 2
+    writer = node(store).append_upload(upload_id)
+    writer.truncate(size)
+    state, _ = store._state(upload_id)
+    assert ([piece for _, piece in state.segments], state.tail is not None) == pieces
+    assert state.open is None and state.size == size
+    writer.write(DATA[size : size + 7 * MIB])
+    writer.close()
+    assert b"".join(store.read_upload(upload_id)) == DATA[: size + 7 * MIB]
+    objects, multiparts = leftovers(store)
+    assert len(objects) == len(store._state(upload_id)[0].pieces) + 1 and multiparts == []  # + the state
+    store.commit_upload(upload_id, Digest.of(DATA[: size + 7 * MIB]))
+    assert read(store, Digest.of(DATA[: size + 7 * MIB])) == DATA[: size + 7 * MIB]
+    assert leftovers(store) == ([], [])
+
+
+def test_a_truncation_cuts_into_the_open_multipart_upload(store: S3BlobStore) -> None:
+    upload_id = new_upload(store)
+    append(store, upload_id, DATA[: 20 * MIB])
+    writer = store.append_upload(upload_id)
+    writer.truncate(12 * MIB)  # parts cannot be read: the multipart upload is sealed, then cut
+    writer.write(DATA[12 * MIB :])
+    writer.close()
+    store.commit_upload(upload_id, DIGEST)
+    assert read(store, DIGEST) == DATA
+    assert leftovers(store) == ([], [])
+
+
+def test_a_truncation_after_another_append_gives_up(store: S3BlobStore) -> None:
+    upload_id = new_upload(store)
+    append(store, upload_id, DATA[:MIB])
+    writer = store.append_upload(upload_id)
+    append(node(store), upload_id, DATA[MIB : 2 * MIB])
+    with pytest.raises(BlobUploadUnknown):
+        writer.truncate(10)
+    assert b"".join(store.read_upload(upload_id)) == DATA[: 2 * MIB]
