@@ -1,9 +1,10 @@
 """The audit log: one JSON line per authorisation decision and per mutating call, in the data directory.
 
-The request path only encodes a line and queues it: a writer thread appends what is queued, so a full (or
-slow) disk never fails or stalls a request. A write that fails keeps the lines queued and is retried until
-space returns; the queue is bounded (bytes), and a line that finds it full is dropped, counted and logged
-loudly, never silently lost. `close` (clean shutdown, or the end of a CLI command) writes what is queued.
+While the disk takes them, lines are appended at once, one write each (a line is in the file before the
+answer to its request goes out). Once a write fails (a full disk), lines queue in memory instead and a writer
+thread appends them, retrying until space returns, so a full disk never fails a request; the queue is bounded
+(bytes), and a line that finds it full is dropped, counted and logged loudly, never silently lost. `close`
+(clean shutdown, or the end of a CLI command) writes what is queued.
 
 Lines are appended with O_APPEND, so concurrent workers never interleave them. Only a write the disk cut
 short can leave part of a line; its writer then keeps an exclusive `flock` on the file until the rest is
@@ -69,15 +70,28 @@ class JsonLinesAudit:
             if self._closing:
                 self._drop(1, "arrived after the log was closed")
                 return
+            if not (self._pending or self._tail or self._failing):
+                written = self._write(line, wait=False)  # nothing waits: append now, in order
+                if written == len(line):
+                    self._release()
+                    return
+                if written:  # cut short by the disk: the rest is the writer thread's, the lock stays held
+                    self._tail = line[written:]
+                    self._wake_writer()
+                    return
+                # Nothing written (the disk is full), or another process is completing a line it had cut short.
             if self._pending_bytes + len(line) > self.capacity:
                 self._drop(1, f"found {self._pending_bytes} bytes already waiting for the disk (the limit)")
                 return
             self._pending.append(line)
             self._pending_bytes += len(line)
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._run, name=f"log-writer {self.path.name}", daemon=True)
-                self._writer.start()
-            self._condition.notify()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name=f"log-writer {self.path.name}", daemon=True)
+            self._writer.start()
+        self._condition.notify()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued line is written (or `timeout` seconds passed); True when none is left."""
@@ -142,7 +156,7 @@ class JsonLinesAudit:
                         continue
                     self._condition.wait(retry_at - now)
                 batch = self._take_batch()
-            written = self._write(batch)
+            written = self._write(batch) or 0
             with self._condition:
                 self._settle(written)
                 self._condition.notify_all()
@@ -163,12 +177,16 @@ class JsonLinesAudit:
             size += len(line)
         return b"".join(parts)
 
-    def _write(self, batch: bytes) -> int:
-        """Append `batch`; returns how many of its bytes reached the file (all of them unless it failed)."""
+    def _write(self, batch: bytes, wait: bool = True) -> int | None:
+        """Append `batch`; returns how many of its bytes reached the file (all of them unless it failed), or
+        None when not `wait`ing and another process holds the lock."""
         written = 0
         try:
             if not self._locked:
-                fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(self._descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    return None
                 self._locked = True
             while written < len(batch):
                 written += os.write(self._descriptor, batch[written:])
