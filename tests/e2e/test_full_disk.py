@@ -164,6 +164,8 @@ def test_a_full_disk_keeps_reads_working_and_names_the_cause_of_failed_writes(
         status = http.get(resumed)
         assert status.status_code == 204, status.text
         assert received(status) == MiB
+        more = blob_of(2 * MiB, seed=11)[0]
+        assert_storage_full(http.patch(abandoned, content=more, headers={"Content-Range": f"{MiB}-{3 * MiB - 1}"}))
         with pytest.raises(ClientError) as refused:
             ecr.create_repository(repositoryName="full/new")
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 507
@@ -197,7 +199,7 @@ def test_a_full_disk_keeps_reads_working_and_names_the_cause_of_failed_writes(
         push_image(http, "v2", blob_of(MiB, seed=10)[0])
         ecr.create_repository(repositoryName="full/new")
 
-    # The abandoned upload's file is reclaimed by `dockyard gc`.
+    # The failed upload its client abandoned is reclaimed by `dockyard gc`.
     abandoned_file = small_disk / "storage" / "uploads" / abandoned.rstrip("/").rsplit("/", 1)[1]
     assert abandoned_file.exists()
     report = json.loads(dockyard_ok("gc", "--grace", "0", "--upload-ttl", "0", "--data-dir", str(small_disk)).stdout)
