@@ -28,7 +28,7 @@ from rich.table import Table
 
 from dockyard.config import Settings
 from dockyard.domain.errors import DockyardError
-from dockyard.domain.gc import GarbageCollector
+from dockyard.domain.gc import DEFAULT_UPLOAD_TTL, GarbageCollector
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
@@ -89,12 +89,18 @@ def _remembered_account(data_dir: Path) -> str:
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; delete nothing.")] = False,
     grace: Annotated[float, typer.Option(help="Seconds: anything younger is kept (uploads in flight).")] = 3600.0,
+    upload_ttl: Annotated[
+        float, typer.Option(help="Seconds after its start an unfinished upload is abandoned and its bytes freed.")
+    ] = DEFAULT_UPLOAD_TTL.total_seconds(),
     data_dir: DataDir = Path("dockyard-data"),
     database: Database = None,
 ) -> None:
-    """Collect garbage now: expired uploads, unreferenced blob links and blobs. Safe while the server runs."""
+    """Collect garbage now: expired uploads, partial files of failed writes, unreferenced blob links and blobs.
+    Safe while the server runs."""
     services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
-    collector = GarbageCollector(services.metadata, services.blobs, grace=timedelta(seconds=grace))
+    collector = GarbageCollector(
+        services.metadata, services.blobs, grace=timedelta(seconds=grace), upload_ttl=timedelta(seconds=upload_ttl)
+    )
     report = collector.run(dry_run)
     typer.echo(json.dumps({**report.__dict__, "dryRun": dry_run}))
 

@@ -86,6 +86,10 @@ class Services:
         self.meter = UsageMeter()  # this process's transfer and request counts, flushed by UsageFlusher
         self.usage = UsageLedger(self.metadata)
 
+    def close_logs(self) -> None:
+        self.audit.close()
+        self.events.close()
+
     def _ensure_account(self, account_id: str) -> None:
         self.metadata.ensure_account(account_id, utc_now())
 
@@ -314,6 +318,8 @@ class Dockyard:
                     await replication.stop()
                 await usage.stop()  # flushes what this process counted
                 stop_access_log()  # writes the lines still queued
+                # Lines still queued (a disk that was full) are written now, or counted and logged as lost.
+                await run_in_threadpool(self.services.close_logs)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

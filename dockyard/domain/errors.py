@@ -160,6 +160,16 @@ class ShuttingDown(DockyardError):
     kind = _kind("UNAVAILABLE", 503, "ServiceUnavailableException", "the server is shutting down; retry shortly")
 
 
+class InsufficientStorage(DockyardError):
+    """The registry's storage (blob files or the metadata database) is full: writes fail, reads keep working.
+
+    507 (RFC 4918) on the registry door, so a client can tell a full disk from an outage and retry once space
+    returns; ECR has no exception of its own for it, ServerException is the nearest (a server-side problem).
+    """
+
+    kind = _kind("INSUFFICIENT_STORAGE", 507, "ServerException", "no space left on the registry's storage")
+
+
 # ------------------------------------------------------------------------------------------- ECR API
 # Errors that the ECR door names; the OCI code is what the registry door answers when the same rule fires there.
 

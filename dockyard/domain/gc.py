@@ -4,7 +4,8 @@ Mark and sweep, with the metadata store as the mark: a blob stored in a key doma
 repository of that domain links it and none stores a manifest under its digest (each domain is swept on its
 own: a copy under key A is not kept alive by a repository on key B). Each step only touches what is older
 than the grace period, so an upload or a manifest put in progress (whose blobs were linked or written moments
-ago) is never robbed.
+ago) is never robbed. Partial files that failed writes (a full disk) and killed processes left in a store are
+swept the same way once older than the grace period.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class GcReport:
     blob_rows: int
     deleted_blobs: int
     kept_blobs: int
+    leftover_files: int = 0  # partial files of failed writes (a full disk) and of killed processes
 
 
 class GarbageCollector:
@@ -61,13 +63,18 @@ class GarbageCollector:
                 self.metadata.delete_upload(session.id)
             unlinked = self.metadata.delete_unreferenced_links(now - self.grace)
             blob_rows = self.metadata.delete_orphan_blob_rows(now - self.grace)
-        deleted = kept = 0
+        deleted = kept = leftovers = 0
         for domain in self.blobs.domains():
             swept = self._sweep(domain, now - self.grace, dry_run)
             deleted, kept = deleted + swept[0], kept + swept[1]
-        report = GcReport(len(expired), unlinked, blob_rows, deleted, kept)
+            if not dry_run:
+                leftovers += self.blobs.sweep_leftovers(domain, now - self.grace, self._is_live_upload)
+        report = GcReport(len(expired), unlinked, blob_rows, deleted, kept, leftovers)
         log.info("garbage collection: %s", report)
         return report
+
+    def _is_live_upload(self, upload_id: str) -> bool:
+        return self.metadata.get_upload(upload_id) is not None
 
     def _sweep(self, domain: KeyDomain, written_before: datetime, dry_run: bool) -> tuple[int, int]:
         """Delete a domain's stored blobs that its repositories no longer need, written before the grace."""

@@ -8,6 +8,7 @@ is implemented twice. Nothing here knows HTTP: adapters hand in parsed values an
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dockyard.domain.errors import (
     BlobUploadUnknown,
     DigestInvalid,
     ImageArchived,
+    InsufficientStorage,
     ManifestBlobUnknown,
     ManifestReferenced,
     ManifestUnknown,
@@ -45,6 +47,7 @@ from dockyard.domain.ports import (
 )
 from dockyard.domain.repositories import Repositories, immutability_guard
 
+log = logging.getLogger("dockyard.images")
 MAX_PAGE: Final = 1000
 PULL_RECORD_INTERVAL: Final = timedelta(hours=1)
 # Repositories an anonymous mount looks at: a bound on the authorisation checks one POST can cost. Past it the
@@ -231,8 +234,13 @@ class Registry:
     def start_upload(self, ref: RepositoryRef) -> str:
         repository = self.repository_for_push(ref)
         upload_id = self.new_id()
-        self.store_of(repository).start_upload(upload_id)
-        self.metadata.create_upload(UploadSession(upload_id, repository.id, self.clock()))
+        store = self.store_of(repository)
+        store.start_upload(upload_id)
+        try:
+            self.metadata.create_upload(UploadSession(upload_id, repository.id, self.clock()))
+        except BaseException:
+            store.abort_upload(upload_id)  # e.g. a full database: no session will ever name this file
+            raise
         return upload_id
 
     def upload_size(self, ref: RepositoryRef, upload_id: str) -> int:
@@ -365,7 +373,11 @@ class Registry:
         if self.pull_needs_recording(last, now):
             repository = self.metadata.get_repository(ref)
             if repository is not None:
-                self.metadata.record_pull(repository.id, digest, now)
+                try:
+                    self.metadata.record_pull(repository.id, digest, now)
+                except InsufficientStorage as error:
+                    # A pull is a read: a full disk must not fail it. The next pull records the time again.
+                    log.warning("the pull of %s in %s was not recorded: %s", digest, ref, error.message)
 
     def manifest_content(self, repository: Repository, record: ManifestRecord) -> bytes:
         store = self.store_of(repository)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from dockyard.domain.names import Digest, RepositoryRef
 
@@ -312,6 +312,21 @@ class BlobStores(Protocol):
     def domains(self) -> list[KeyDomain]:
         """Every domain that may hold content (the garbage collector sweeps each)."""
         ...
+
+    def sweep_leftovers(
+        self, domain: KeyDomain, written_before: datetime, is_live_upload: Callable[[str], bool]
+    ) -> int:
+        """Delete the domain's partial files that failed writes and killed processes left behind, untouched
+        since `written_before` (upload files only when `is_live_upload` says no session owns them); returns
+        how many went. Stores without such files (an object store) return 0."""
+        ...
+
+
+@runtime_checkable
+class LeftoverSweeper(Protocol):
+    """A raw store that keeps partial files of its own (the filesystem store's tmp/ and uploads/)."""
+
+    def sweep_leftovers(self, written_before: datetime, is_live_upload: Callable[[str], bool]) -> int: ...
 
 
 # --------------------------------------------------------------------------------------------- metadata

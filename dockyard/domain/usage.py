@@ -20,6 +20,7 @@ bills storage nobody measured; `sampled_hours` shows the coverage. GB are 2^30 b
 from __future__ import annotations
 
 import calendar
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.ports import RepositoryUsage, UsageCounter, UsageStore
 
+log = logging.getLogger("dockyard.usage")
+
 GIB: Final = 2**30
+MAX_METER_KEYS: Final = 100_000  # (repository, hour) pairs held while the store refuses them
 ROLLUP_INTERVAL: Final = timedelta(minutes=30)
 HOUR: Final = timedelta(hours=1)
 
@@ -44,12 +48,24 @@ def hour_of(moment: datetime) -> datetime:
 
 
 class UsageMeter:
-    """This process's counters since the last flush, per (repository, hour). Adding costs a dict update."""
+    """This process's counters since the last flush, per (repository, hour). Adding costs a dict update.
 
-    def __init__(self, clock: Clock = utc_now) -> None:
+    Bounded: while the store refuses the counts (a full disk), they wait here, at most `max_keys` (repository,
+    hour) pairs of them; a count for a new pair beyond that is dropped, counted in `dropped` and logged loudly.
+    """
+
+    def __init__(self, clock: Clock = utc_now, max_keys: int = MAX_METER_KEYS) -> None:
         self.clock = clock
+        self.max_keys = max_keys
+        self.dropped = 0
         self._lock = threading.Lock()
         self._counts: dict[tuple[RepositoryRef, datetime], list[int]] = {}
+
+    @property
+    def pending(self) -> int:
+        """(repository, hour) counters not yet stored."""
+        with self._lock:
+            return len(self._counts)
 
     def sent(self, ref: RepositoryRef, size: int) -> None:
         """Bytes served (or redirected to the blob store) for the repository."""
@@ -68,6 +84,15 @@ class UsageMeter:
         with self._lock:
             counts = self._counts.get(key)
             if counts is None:
+                if len(self._counts) >= self.max_keys:
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        log.error(
+                            "usage meter full (%d repository-hours waiting for the store): %d counts DROPPED",
+                            len(self._counts),
+                            self.dropped,
+                        )
+                    return
                 self._counts[key] = [size, pulls, pushes]
             else:
                 counts[0] += size

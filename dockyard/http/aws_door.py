@@ -23,6 +23,7 @@ from dockyard.http.errors import log
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
 from dockyard.http.sigv4 import SignedRequest, Verified, verify
+from dockyard.storage.full import is_storage_full, storage_full
 
 C = TypeVar("C")
 
@@ -54,8 +55,12 @@ class AwsJsonDoor(Generic[C]):
         except DockyardError as error:
             response = aws_json.error_response(error)
         except Exception as exc:
-            log.exception("unexpected error in %s %s", self.SERVICE, operation, exc_info=exc)
-            response = aws_json.error_response(Unavailable("internal error; the request was not completed"))
+            if is_storage_full(exc):  # a full disk the storage layer did not name itself
+                log.warning("no space left on the registry's storage in %s %s: %s", self.SERVICE, operation, exc)
+                response = aws_json.error_response(storage_full(operation or "the request"))
+            else:
+                log.exception("unexpected error in %s %s", self.SERVICE, operation, exc_info=exc)
+                response = aws_json.error_response(Unavailable("internal error; the request was not completed"))
         route = operation if operation in self.model.operation_names else "unknown"
         LATENCY.labels(self.SERVICE, route).observe(time.perf_counter() - started)
         REQUESTS.labels(self.SERVICE, route, request.method, str(response.status_code)).inc()

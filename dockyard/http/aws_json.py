@@ -20,7 +20,7 @@ import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
 from starlette.responses import Response
 
-from dockyard.domain.errors import DockyardError, ErrorKind, InvalidParameter
+from dockyard.domain.errors import DockyardError, ErrorKind, InsufficientStorage, InvalidParameter
 
 CONTENT_TYPE: Final = "application/x-amz-json-1.1"
 
@@ -224,6 +224,8 @@ def error_response(error: DockyardError) -> Response:
     if isinstance(error.detail, dict):
         body.update({key: value for key, value in error.detail.items() if key not in body})
     status = 500 if error.ecr_exception == "ServerException" else 400
+    if isinstance(error, InsufficientStorage):
+        status = error.http_status  # 507: a full disk, not a bug; the same status as on the registry door
     if error.http_status in (401, 403) and error.ecr_exception in ("AccessDeniedException",):
         status = error.http_status
     if error.ecr_exception == "ServiceUnavailableException":  # AWS SDKs retry a 503 (after its Retry-After)

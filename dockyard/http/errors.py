@@ -9,6 +9,7 @@ from typing import Any
 from starlette.responses import Response
 
 from dockyard.domain.errors import DockyardError, Unauthorized, Unavailable
+from dockyard.storage.full import is_storage_full, storage_full
 
 log = logging.getLogger("dockyard.http")
 
@@ -33,5 +34,8 @@ def oci_error_response(error: DockyardError, head: bool, challenge: str | None) 
 
 def unexpected_error_response(exc: BaseException, head: bool) -> Response:
     """A bug or an outage: logged with its stack, answered with a spec-shaped body and no internals."""
+    if is_storage_full(exc):  # a full disk the storage layer did not name itself: still the storage error
+        log.warning("no space left on the registry's storage: %s", exc)
+        return oci_error_response(storage_full("the request"), head, None)
     log.exception("unexpected error while serving a registry request", exc_info=exc)
     return oci_error_response(Unavailable("internal error; the request was not completed"), head, None)

@@ -16,7 +16,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -58,6 +58,10 @@ WRITE_BATCH: Final = 4 * 1024 * 1024
 _CONTENT_RANGE_RE: Final = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/[0-9*]+)?")
 _RANGE_RE: Final = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 MAX_TOKEN_FORM: Final = 64 * 1024
+# What an error answer reads of a body left unread (a push refused before its bytes were taken, e.g. on a full
+# disk): clients that send their whole body before reading the answer would otherwise see the connection
+# reset instead of the error. Beyond this much the connection is closed anyway.
+DRAIN_LIMIT: Final = 64 * 1024 * 1024
 
 Handler = Callable[["Call"], Awaitable[Response]]
 
@@ -163,8 +167,10 @@ class RegistryDoor:
             response = await self.dispatch(request, trace)
         except DockyardError as error:
             response = oci_error_response(error, head, self.challenge(trace, error))
+            await drain_body(request, DRAIN_LIMIT)
         except Exception as exc:
             response = unexpected_error_response(exc, head)
+            await drain_body(request, DRAIN_LIMIT)
         response.headers.update(API_VERSION_HEADER)
         LATENCY.labels("registry", trace.route).observe(time.perf_counter() - started)
         REQUESTS.labels("registry", trace.route, request.method, str(response.status_code)).inc()
@@ -586,6 +592,16 @@ async def receive_into(request: Request, appender: BlobAppender) -> int:
     await run_in_threadpool(appender.finish)
     BYTES_RECEIVED.inc(received)
     return received
+
+
+async def drain_body(request: Request, limit: int) -> None:
+    """Read and discard what is left of the request body, up to `limit` bytes."""
+    drained = 0
+    with contextlib.suppress(RuntimeError, ClientDisconnect):  # RuntimeError: the body was read to its end
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > limit:
+                return
 
 
 async def _batches(stream: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:

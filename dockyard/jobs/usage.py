@@ -12,6 +12,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from dockyard.domain.errors import InsufficientStorage
 from dockyard.domain.ports import UsageStore
 from dockyard.domain.usage import UsageMeter
 
@@ -36,6 +37,8 @@ class UsageFlusher:
         self._stopping.set()
         if self._task is not None:
             await self._task
+        if self.meter.pending:
+            log.error("%d usage counters could not be stored before shutdown; they are lost", self.meter.pending)
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -43,5 +46,7 @@ class UsageFlusher:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
             try:
                 await run_in_threadpool(self.meter.flush, self.store)
+            except InsufficientStorage as error:  # a full disk: the counts wait in memory for the next flush
+                log.warning("usage counters kept in memory (%d): %s", self.meter.pending, error.message)
             except Exception:  # e.g. the database unreachable for a moment: the counts wait for the next flush
                 log.exception("flushing usage counters failed")

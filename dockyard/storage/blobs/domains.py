@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from dockyard.domain.encryption import STORAGE_KEY_REGION, SYSTEM_ACCOUNT, KmsKeyUnusable, RepositoryKeys
@@ -17,7 +18,7 @@ from dockyard.domain.kms import Disabled as KeyDisabled
 from dockyard.domain.kms import InvalidCiphertext
 from dockyard.domain.kms import InvalidState as KeyInvalidState
 from dockyard.domain.kms import NotFound as KeyNotFound
-from dockyard.domain.ports import BlobStore, KeyDomain
+from dockyard.domain.ports import BlobStore, KeyDomain, LeftoverSweeper
 from dockyard.storage.blobs.encrypted import BlobCorrupted, DataKeyProvider, DataKeyUnavailable, EncryptedBlobStore
 
 DOMAINS_FOLDER: Final = "domains"
@@ -121,6 +122,13 @@ class KeyDomainStores:
     def domains(self) -> list[KeyDomain]:
         arns = self._repository_keys.key_arns() if self._repository_keys is not None else []
         return [KeyDomain(), *(KeyDomain(arn) for arn in arns)]
+
+    def sweep_leftovers(
+        self, domain: KeyDomain, written_before: datetime, is_live_upload: Callable[[str], bool]
+    ) -> int:
+        # The raw store beneath any encryption: leftovers are files, whatever their bytes are.
+        raw = self._raw(None if domain.kms_key_arn is None else f"{DOMAINS_FOLDER}/{domain.name}")
+        return raw.sweep_leftovers(written_before, is_live_upload) if isinstance(raw, LeftoverSweeper) else 0
 
     def _keys(self) -> RepositoryKeys:
         if self._repository_keys is None:

@@ -8,7 +8,12 @@ Layout under the root directory (owned here; nothing else writes it):
 
 Paths are only ever built from a parsed `Digest` and an upload id that matched `UPLOAD_ID_RE`. A blob is
 published by fsync of its bytes, an atomic rename into place and fsync of the directory, so after a crash a
-blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for the collector.
+blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for the collector
+(`sweep_leftovers`).
+
+A full disk (ENOSPC, EDQUOT) is `InsufficientStorage`, and leaves nothing half-written behind: a small write's
+temporary file is removed, and an upload is cut back to where the failed request's writer began, so its
+size and bytes stay a consistent prefix the client can resume from once space returns.
 """
 
 from __future__ import annotations
@@ -18,21 +23,28 @@ import fcntl
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError, RangeInvalid
 from dockyard.domain.names import Digest
+from dockyard.storage.full import is_storage_full, storage_full
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 READ_CHUNK: Final = 1024 * 1024
 
 
 class FileUploadWriter:
+    """Appends to one upload, holding its exclusive lock; a failed write cuts the upload back to where this
+    writer began (the lock makes that safe: nobody else appends meanwhile)."""
+
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
+        self._start = os.fstat(file.fileno()).st_size
+        self._failed = False
         self._wrote = False
 
     def truncate(self, size: int) -> None:
@@ -43,14 +55,28 @@ class FileUploadWriter:
             raise ValueError(f"cannot truncate an upload to {size} bytes: it holds fewer")
         # The file is open for appending: what is written next lands after the kept bytes.
         os.ftruncate(descriptor, size)
+        self._start = size  # a failed write later cuts back to here, not to the torn tail
 
     def write(self, data: bytes) -> None:
+        if self._failed:
+            # The upload was cut back when a write failed; what a caller still writes while unwinding (an
+            # encrypting writer sealing its buffer on close) must not land after the cut.
+            return
         # An unbuffered file may take fewer bytes than offered; keep going until all are written.
         self._wrote = self._wrote or bool(data)
         view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            view = view[written or 0 :]
+        try:
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+        except OSError as error:
+            # A disk that filled mid-request leaves part of a chunk (or of an encrypted record) behind: drop
+            # this request's bytes so the upload's size is again what the client was last told.
+            self._failed = True
+            os.ftruncate(self._file.fileno(), self._start)
+            if is_storage_full(error):
+                raise storage_full("writing upload data") from error
+            raise
 
     def close(self) -> None:
         self._file.close()
@@ -104,11 +130,18 @@ class FilesystemBlobStore:
             if target.exists():
                 return
         temporary = self.root / "tmp" / secrets.token_hex(16)  # fresh, so its mtime starts the GC grace
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        self._publish(temporary, target)
+        try:
+            with temporary.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            self._publish(temporary, target)
+        except BaseException as error:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()  # a partial file would only wait for the collector
+            if is_storage_full(error):
+                raise storage_full("writing blob data") from error
+            raise
 
     def delete_blob(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -117,7 +150,12 @@ class FilesystemBlobStore:
     # ------------------------------------------------------------------------------------ uploads
 
     def start_upload(self, upload_id: str) -> None:
-        self._upload_path(upload_id).touch(exist_ok=False)
+        try:
+            self._upload_path(upload_id).touch(exist_ok=False)
+        except OSError as error:
+            if is_storage_full(error):
+                raise storage_full("starting an upload") from error
+            raise
 
     def upload_size(self, upload_id: str) -> int | None:
         try:
@@ -152,18 +190,46 @@ class FilesystemBlobStore:
             file = source.open("rb+")
         except FileNotFoundError:
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
-        with file:
-            os.fsync(file.fileno())
-            # A fresh mtime: the collector's grace period runs from publication, not from the first byte.
-            os.utime(file.fileno())
         try:
+            with file:
+                # Delayed allocation (ext4, XFS) may first report a full disk here, not at write().
+                os.fsync(file.fileno())
+                # A fresh mtime: the collector's grace period runs from publication, not from the first byte.
+                os.utime(file.fileno())
             self._publish(source, self._blob_path(digest))
         except FileNotFoundError:  # aborted between the fsync and the rename
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+        except OSError as error:
+            if is_storage_full(error):
+                raise storage_full("publishing an upload") from error
+            raise
 
     def abort_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._upload_path(upload_id).unlink()
+
+    def sweep_leftovers(self, written_before: datetime, is_live_upload: Callable[[str], bool]) -> int:
+        """Delete what failed writes and killed processes left behind, untouched since `written_before`: files
+        in tmp/ and upload files no session names any more. Returns the files deleted."""
+        deleted = 0
+        for folder in ("tmp", "uploads"):
+            for path in (self.root / folder).iterdir():
+                if folder == "uploads" and not UPLOAD_ID_RE.fullmatch(path.name):
+                    continue  # not an upload of ours
+                try:
+                    status = path.stat()
+                    if (
+                        not stat.S_ISREG(status.st_mode)
+                        or datetime.fromtimestamp(status.st_mtime, UTC) >= written_before
+                    ):
+                        continue
+                    if folder == "uploads" and is_live_upload(path.name):
+                        continue  # the session's to finish, or to expire with it
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # published or deleted meanwhile
+                deleted += 1
+        return deleted
 
     def stored_blobs(self) -> Iterator[tuple[Digest, datetime]]:
         for algorithm_dir in (self.root / "blobs").iterdir():

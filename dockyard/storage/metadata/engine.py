@@ -10,6 +10,9 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.engine import ExceptionContext
+
+from dockyard.storage.full import is_storage_full, storage_full
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
@@ -17,10 +20,19 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size)
         _configure_sqlite(engine)
-        return engine
-    # No pool pre-ping: it costs a round trip on every checkout (a quarter of a cached read's). A connection
-    # the server dropped fails one statement, is discarded by the pool, and the next checkout gets a new one.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    else:
+        # No pool pre-ping: it costs a round trip on every checkout (a quarter of a cached read's). A connection
+        # the server dropped fails one statement, is discarded by the pool, and the next checkout gets a new one.
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    event.listen(engine, "handle_error", _full_disk_is_insufficient_storage)
+    return engine
+
+
+def _full_disk_is_insufficient_storage(context: ExceptionContext) -> None:
+    """SQLite's "database or disk is full" (SQLITE_FULL) and PostgreSQL's disk_full are the storage error,
+    not a 500: reads still work (WAL), only writes fail, and they work again once space returns."""
+    if is_storage_full(context.original_exception):
+        raise storage_full("writing to the metadata database") from context.original_exception
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterable
@@ -129,6 +130,22 @@ def test_counts_a_failed_flush_could_not_store_go_out_with_the_next_flush() -> N
     assert meter.flush(store) == 1
     assert store.counters == {(APP, hour_of(clock.now)): [150, 2, 0]}
     assert meter.flush(store) == 0
+
+
+def test_a_meter_held_back_by_a_full_store_is_bounded_and_drops_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SteppedClock(datetime(2026, 11, 5, 9, 30, tzinfo=UTC))
+    meter = UsageMeter(clock, max_keys=2)
+    meter.pulled(APP, 100)
+    meter.pulled(WEB, 10)
+    with caplog.at_level(logging.ERROR, logger="dockyard.usage"):
+        meter.pulled(RepositoryRef(ACCOUNT, "us-east-1", "team/third"), 1)  # a third pair: no room
+    meter.pulled(APP, 5)  # an existing pair still counts
+    assert meter.dropped == 1
+    assert any("DROPPED" in record.getMessage() for record in caplog.records)
+    assert sorted((c.ref.name, c.transfer_bytes, c.pulls) for c in meter.drain()) == [
+        ("team/app", 105, 2),
+        ("team/web", 10, 1),
+    ]
 
 
 def test_no_count_is_lost_when_threads_add_while_another_flushes() -> None:
