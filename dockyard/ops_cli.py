@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dockyard.config import Settings
+from dockyard.config import Settings, remembered_account
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.lifecycle import epoch_seconds
@@ -66,11 +66,10 @@ def lifecycle_run(
 
 
 def _remembered_account(data_dir: Path) -> str:
-    credentials = data_dir / "root-credentials.json"
-    if not credentials.exists():
-        console.print("[red]--account is required (no root-credentials.json in the data directory)[/]")
+    account = remembered_account(data_dir)
+    if account is None:
+        console.print("[red]--account is required (the data directory has not been served yet)[/]")
         raise typer.Exit(2)
-    account: str = json.loads(credentials.read_text())["accountId"]
     return account
 
 

@@ -21,7 +21,7 @@ from dockyard.domain.iam import Authenticator
 from dockyard.http import aws_json
 from dockyard.http.errors import log
 from dockyard.http.metrics import LATENCY, REQUESTS
-from dockyard.http.sigv4 import SignedRequest, Verified, verify
+from dockyard.http.sigv4 import JSON_SIGNED, SignedRequest, Verified, verify
 
 C = TypeVar("C")
 
@@ -81,7 +81,14 @@ class AwsJsonDoor(Generic[C]):
 
     def _verify(self, request: Request, body: bytes) -> Verified:
         signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
-        return verify(signed, self.authenticator.secret_of, frozenset({self.signing_name()}), self.clock())
+        return verify(
+            signed,
+            self.authenticator.secret_of,
+            frozenset({self.signing_name()}),
+            self.clock(),
+            regions=self.authenticator.regions,
+            required_headers=JSON_SIGNED,
+        )
 
     def signing_name(self) -> str:
         return self.SERVICE

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
@@ -32,6 +33,9 @@ from dockyard.http.sigv4 import SignedRequest, verify
 
 MAX_BODY: Final = 1024 * 1024
 FORM: Final = "application/x-www-form-urlencoded"
+# IAM and STS are global: botocore signs their global endpoint for us-east-1 whatever the client's region, so
+# that scope is accepted here even where the deployment does not serve us-east-1 itself.
+GLOBAL_SIGNING_REGION: Final = frozenset({"us-east-1"})
 
 
 # The Query protocol's names for errors the JSON protocol names otherwise.
@@ -88,7 +92,11 @@ class QueryDoor:
             action = params.get("Action", "")
             signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
             verified = await run_in_threadpool(
-                verify, signed, self.authenticator.secret_of, frozenset(self.handlers), self.clock()
+                partial(verify, regions=self.authenticator.regions | GLOBAL_SIGNING_REGION),
+                signed,
+                self.authenticator.secret_of,
+                frozenset(self.handlers),
+                self.clock(),
             )
             service = verified.service
             response = await run_in_threadpool(self.run, service, action, verified.principal, params, request)

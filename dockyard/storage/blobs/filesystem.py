@@ -8,7 +8,8 @@ Layout under the root directory (owned here; nothing else writes it):
 
 Paths are only ever built from a parsed `Digest` and an upload id that matched `UPLOAD_ID_RE`. A blob is
 published by fsync of its bytes, an atomic rename into place and fsync of the directory, so after a crash a
-blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for the collector.
+blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for the collector. Everything is
+created owner-only (0600 files, 0700 directories): image content is nobody else's to read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import BinaryIO, Final
 
 from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError, RangeInvalid
 from dockyard.domain.names import Digest
+from dockyard.storage.private import create_private_file, private_directory
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 READ_CHUNK: Final = 1024 * 1024
@@ -52,7 +54,7 @@ class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         for folder in ("blobs", "uploads", "tmp"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
+            private_directory(root / folder)
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -93,7 +95,7 @@ class FilesystemBlobStore:
             if target.exists():
                 return
         temporary = self.root / "tmp" / secrets.token_hex(16)  # fresh, so its mtime starts the GC grace
-        with temporary.open("wb") as file:
+        with os.fdopen(create_private_file(temporary), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -106,7 +108,7 @@ class FilesystemBlobStore:
     # ------------------------------------------------------------------------------------ uploads
 
     def start_upload(self, upload_id: str) -> None:
-        self._upload_path(upload_id).touch(exist_ok=False)
+        os.close(create_private_file(self._upload_path(upload_id)))
 
     def upload_size(self, upload_id: str) -> int | None:
         try:
@@ -168,7 +170,7 @@ class FilesystemBlobStore:
 
     def _publish(self, source: Path, target: Path) -> None:
         """Atomically move durable bytes into place; an existing copy has the same content (same digest)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(target.parent)
         os.replace(source, target)
         _fsync_directory(target.parent)
 
