@@ -200,9 +200,14 @@ def _new_account_id() -> str:
     return str(secrets.randbelow(9 * 10**11) + 10**11)
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+def _given_root_credentials() -> tuple[str, str] | None:
+    """The root access key pair the environment gives, if it gives both halves."""
     given_id, given_secret = os.environ.get(ROOT_KEY_ID_ENV), os.environ.get(ROOT_SECRET_ENV)
-    given = (given_id, given_secret) if given_id and given_secret else None
+    return (given_id, given_secret) if given_id and given_secret else None
+
+
+def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+    given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(
             services.metadata, services.box, settings.default_account, utc_now(), given
@@ -228,15 +233,16 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> RootCreden
 def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
     console.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
     console.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
-    if credentials is not None and credentials.created and os.environ.get(ROOT_SECRET_ENV) is None:
+    given = _given_root_credentials()
+    if credentials is not None and credentials.created and given is None:
         console.print(
             "Root credentials were generated (shown once; also saved with mode 0600 in "
             f"{settings.data_dir / ROOT_CREDENTIALS_FILE}):"
         )
         console.print(f"  access key id:     {credentials.access_key_id}")
         console.print(f"  secret access key: {credentials.secret_access_key}")
-    elif os.environ.get(ROOT_SECRET_ENV):
-        console.print(f"Root credentials: access key id {os.environ.get(ROOT_KEY_ID_ENV)} (from {ROOT_KEY_ID_ENV})")
+    elif given is not None:
+        console.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
     else:
         console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
     host = settings.public_url.removeprefix("http://")

@@ -353,7 +353,9 @@ def test_malformed_authorization_header(header: str) -> None:
 
 def test_presigned_valid() -> None:
     request = presigned()
-    assert verify(request, lookup, ECR, NOW + timedelta(seconds=299), regions=REGIONS) == Verified(PRINCIPAL, "us-east-1", "ecr")
+    assert verify(request, lookup, ECR, NOW + timedelta(seconds=299), regions=REGIONS) == Verified(
+        PRINCIPAL, "us-east-1", "ecr"
+    )
 
 
 def test_presigned_expired() -> None:
