@@ -32,7 +32,7 @@ from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.replication import check_configuration as check_replication
-from dockyard.domain.replication import replication_statuses
+from dockyard.domain.replication import check_destination_regions, replication_statuses
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
@@ -414,6 +414,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
     def put_replication_configuration(self, call: EcrCall) -> dict[str, Any]:
         configuration = _jsonable(call.params["replicationConfiguration"])
         check_replication(configuration, call.account, call.region)
+        check_destination_regions(configuration, self.authenticator.regions)
         self.registries.set_configuration(call.account, call.region, REPLICATION, configuration)
         return {"replicationConfiguration": configuration}
 
