@@ -82,3 +82,10 @@ def test_make_private_narrows_what_dockyard_owns_and_nothing_else(tmp_path: Path
     assert {name: oct(mode) for name, mode in found.items() if mode not in (0o600, 0o700)} == {}
     assert stat.S_IMODE(outside.stat().st_mode) == 0o755  # a symbolic link is not followed
     assert stat.S_IMODE((outside / "file").stat().st_mode) == 0o644
+    # Once walked, the blob tree is not walked again at every start (this version creates it owner-only).
+    assert (data_dir / ".owner-only").stat().st_mode & 0o777 == 0o600
+    blob.chmod(0o644)
+    (data_dir / "master.key").chmod(0o644)
+    make_private(data_dir)
+    assert stat.S_IMODE(blob.stat().st_mode) == 0o644
+    assert stat.S_IMODE((data_dir / "master.key").stat().st_mode) == 0o600  # top-level files still are
