@@ -86,12 +86,16 @@ class AwsJsonDoor(Generic[C]):
             self.authenticator.secret_of,
             frozenset({self.signing_name()}),
             self.clock(),
-            regions=self.authenticator.regions,
+            regions=self.signing_regions(),
             required_headers=JSON_SIGNED,
         )
 
     def signing_name(self) -> str:
         return self.SERVICE
+
+    def signing_regions(self) -> frozenset[str]:
+        """The regions a request's credential scope may name: those the deployment serves."""
+        return self.authenticator.regions
 
     async def _read_body(self, request: Request) -> bytes:
         parts, total = [], 0

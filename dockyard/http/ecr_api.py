@@ -38,7 +38,7 @@ from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
 from dockyard.http.auth import request_context
 from dockyard.http.aws_door import AwsJsonDoor
-from dockyard.http.sigv4 import Verified, presign_get
+from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, Verified, presign_get
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
 DEFAULT_PAGE: Final = 100
@@ -752,6 +752,9 @@ class PublicEcrDoor(EcrDoor):
 
     def repository_region(self, signed_region: str) -> str:
         return PUBLIC_REGION
+
+    def signing_regions(self) -> frozenset[str]:
+        return self.authenticator.regions | GLOBAL_SIGNING_REGION  # its API lives in us-east-1 only
 
     def _alias(self, account: str) -> str:
         return self.registries.public_alias(account)

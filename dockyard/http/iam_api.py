@@ -29,13 +29,10 @@ from dockyard.http import aws_json
 from dockyard.http.auth import request_context
 from dockyard.http.errors import log
 from dockyard.http.metrics import LATENCY, REQUESTS
-from dockyard.http.sigv4 import SignedRequest, verify
+from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, SignedRequest, verify
 
 MAX_BODY: Final = 1024 * 1024
 FORM: Final = "application/x-www-form-urlencoded"
-# IAM and STS are global: botocore signs their global endpoint for us-east-1 whatever the client's region, so
-# that scope is accepted here even where the deployment does not serve us-east-1 itself.
-GLOBAL_SIGNING_REGION: Final = frozenset({"us-east-1"})
 
 
 # The Query protocol's names for errors the JSON protocol names otherwise.

@@ -37,6 +37,9 @@ _SCOPE_RE: Final = re.compile(r"([^/]+)/([0-9]{8})/([^/]+)/([^/]+)/aws4_request"
 # operation and how the body is read: else a captured DescribeRepositories replays as GetAuthorizationToken.
 HOST_SIGNED: Final = ("host",)
 JSON_SIGNED: Final = ("host", "x-amz-target", "content-type")
+# Global services (IAM, STS's global endpoint, ECR Public) are signed for us-east-1 by botocore whatever the
+# client's region: that scope is theirs even where the deployment does not serve us-east-1 itself.
+GLOBAL_SIGNING_REGION: Final = frozenset({"us-east-1"})
 # The names AWS's refusals spell the required headers with.
 _SPELLING: Final = {
     "host": "'Host' or ':authority'",

@@ -215,7 +215,6 @@ def test_regions_flag_serves_a_custom_region_and_refuses_the_rest(tmp_path: Path
         with pytest.raises(ClientError) as caught:
             boto_client(server, "ecr", ROOT, region="eu-west-1").describe_repositories()
         assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
-        # IAM and STS are global: botocore signs them for us-east-1 whatever the region.
         assert boto_client(server, "sts", ROOT, region="eu-west-9").get_caller_identity()["Account"] == ACCOUNT_ID
         password = ecr_password(custom)  # a login token for eu-west-9
         auth = {"Authorization": "Basic " + base64.b64encode(f"AWS:{password}".encode()).decode()}
@@ -233,6 +232,24 @@ def test_regions_flag_serves_a_custom_region_and_refuses_the_rest(tmp_path: Path
         assert "'eu-west-9' is not served" in response.json()["errors"][0]["message"]
     finally:
         again.stop()
+
+
+def test_global_services_work_where_us_east_1_is_not_served(tmp_path: Path) -> None:
+    """botocore signs IAM, STS and ECR Public for us-east-1 whatever the client's region."""
+    server = ServerProcess(tmp_path / "data", extra_args=["--regions", "eu-west-1", "--default-region", "eu-west-1"])
+    server.start()
+    try:
+        assert boto_client(server, "sts", ROOT, region="eu-west-1").get_caller_identity()["Account"] == ACCOUNT_ID
+        boto_client(server, "iam", ROOT, region="eu-west-1").list_users()
+        public = boto_client(server, "ecr-public", ROOT)
+        public.create_repository(repositoryName="global")
+        assert [r["repositoryName"] for r in public.describe_repositories()["repositories"]] == ["global"]
+        with pytest.raises(ClientError) as caught:
+            boto_client(server, "ecr", ROOT).describe_repositories()  # private registries: served regions only
+        assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+        assert boto_client(server, "ecr", ROOT, region="eu-west-1").describe_repositories()["repositories"] == []
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(
