@@ -16,17 +16,27 @@ from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
-from dockyard.config import ROOT_KEY_ID_ENV, ROOT_SECRET_ENV, SETTINGS_ENV, Settings
+from dockyard.config import (
+    ACCOUNT_FILE,
+    AWS_REGIONS,
+    REGIONS_ENV,
+    ROOT_CREDENTIALS_FILE,
+    ROOT_KEY_ID_ENV,
+    ROOT_SECRET_ENV,
+    SETTINGS_ENV,
+    Settings,
+    remembered_account,
+)
 from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
 from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import Services, prepare, write_private_file
+from dockyard.storage.private import UMASK, private_directory
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
 console = Console(stderr=True)
-ROOT_CREDENTIALS_FILE = "root-credentials.json"
 
 
 app.add_typer(admin_app, name="admin")
@@ -60,6 +70,22 @@ def _region_option(value: str) -> str:
         return check_region(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
+    """The served regions `--regions` names (AWS's by default); the default region must be among them."""
+    if value is None:
+        served = AWS_REGIONS
+    else:
+        try:
+            served = tuple(sorted({check_region(name.strip()) for name in value.split(",") if name.strip()}))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--regions") from None
+        if not served:
+            raise typer.BadParameter("name at least one region", param_hint="--regions")
+    if default_region not in served:
+        raise typer.BadParameter(f"{default_region!r} is not among --regions", param_hint="--default-region")
+    return served
 
 
 @app.command()
@@ -126,11 +152,20 @@ def serve(
         str,
         typer.Option(help="One JSON line per request to 'stderr' (default), a FILE (appended, mode 0600), or 'off'."),
     ] = "stderr",
+    regions: Annotated[
+        str | None,
+        typer.Option(
+            envvar=REGIONS_ENV,
+            help="Comma-separated regions served (requests signed for, or host names naming, another region are "
+            "refused). Default: the regions of AWS's aws partition, from the installed botocore.",
+        ),
+    ] = None,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
+    served = _regions_option(regions, default_region)
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    account = default_account or _remembered_account(data_dir) or _new_account_id()
+    private_directory(data_dir)
+    account = default_account or remembered_account(data_dir) or _new_account_id()
     settings = Settings(
         data_dir,
         account,
@@ -155,6 +190,7 @@ def serve(
         kms_endpoint_url=kms_endpoint_url,
         access_log=_access_log_destination(access_log),
         shutdown_grace=shutdown_grace,
+        regions=served,
     )
     services = prepare(settings)
     try:
@@ -185,21 +221,18 @@ def _run_server(settings: Settings) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "dockyard.launcher"])  # noqa: S606 (our own module)
 
 
-def _remembered_account(data_dir: Path) -> str | None:
-    path = data_dir / ROOT_CREDENTIALS_FILE
-    if not path.exists():
-        return None
-    account: str = json.loads(path.read_text())["accountId"]
-    return account
-
-
 def _new_account_id() -> str:
     return str(secrets.randbelow(9 * 10**11) + 10**11)
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+def _given_root_credentials() -> tuple[str, str] | None:
+    """The root access key pair the environment gives, if it gives both halves."""
     given_id, given_secret = os.environ.get(ROOT_KEY_ID_ENV), os.environ.get(ROOT_SECRET_ENV)
-    given = (given_id, given_secret) if given_id and given_secret else None
+    return (given_id, given_secret) if given_id and given_secret else None
+
+
+def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+    given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(
             services.metadata, services.box, settings.default_account, utc_now(), given
@@ -208,8 +241,11 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> RootCreden
         credentials = bootstrap_root_credentials(
             services.metadata, services.box, settings.default_account, utc_now(), given
         )
+    if not (settings.data_dir / ACCOUNT_FILE).exists():
+        write_private_file(settings.data_dir / ACCOUNT_FILE, f"{settings.default_account}\n".encode())
     path = settings.data_dir / ROOT_CREDENTIALS_FILE
-    if credentials is not None and credentials.created and not path.exists():
+    # Only a generated secret is saved (it is shown once): one given by the environment has its own keeper.
+    if credentials is not None and credentials.created and given is None and not path.exists():
         record = {
             "accountId": settings.default_account,
             "accessKeyId": credentials.access_key_id,
@@ -222,15 +258,16 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> RootCreden
 def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
     console.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
     console.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
-    if credentials is not None and credentials.created and os.environ.get(ROOT_SECRET_ENV) is None:
+    given = _given_root_credentials()
+    if credentials is not None and credentials.created and given is None:
         console.print(
             "Root credentials were generated (shown once; also saved with mode 0600 in "
             f"{settings.data_dir / ROOT_CREDENTIALS_FILE}):"
         )
         console.print(f"  access key id:     {credentials.access_key_id}")
         console.print(f"  secret access key: {credentials.secret_access_key}")
-    elif os.environ.get(ROOT_SECRET_ENV):
-        console.print(f"Root credentials: access key id {os.environ.get(ROOT_KEY_ID_ENV)} (from {ROOT_KEY_ID_ENV})")
+    elif given is not None:
+        console.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
     else:
         console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
     host = settings.public_url.removeprefix("http://")
@@ -238,6 +275,8 @@ def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
 
 
 def main() -> None:
+    # Everything written under the data directory is the owner's only (files also get explicit modes).
+    os.umask(UMASK)
     app()
 
 

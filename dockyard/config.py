@@ -8,10 +8,38 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from botocore.loaders import create_loader
+
 SETTINGS_ENV: Final = "DOCKYARD_SETTINGS"
 ROOT_KEY_ID_ENV: Final = "DOCKYARD_ROOT_ACCESS_KEY_ID"
 ROOT_SECRET_ENV: Final = "DOCKYARD_ROOT_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
 MASTER_KEY_ENV: Final = "DOCKYARD_MASTER_KEY"
+REGIONS_ENV: Final = "DOCKYARD_REGIONS"
+ROOT_CREDENTIALS_FILE: Final = "root-credentials.json"  # only when Dockyard generated the root credentials
+ACCOUNT_FILE: Final = "default-account"  # the default account's id, whoever made its credentials
+
+
+def remembered_account(data_dir: Path) -> str | None:
+    """The default account a data directory was first served with, if it was."""
+    account_file = data_dir / ACCOUNT_FILE
+    if account_file.exists():
+        return account_file.read_text().strip()
+    credentials = data_dir / ROOT_CREDENTIALS_FILE  # a data directory older than the account file
+    if credentials.exists():
+        account: str = json.loads(credentials.read_text())["accountId"]
+        return account
+    return None
+
+
+def aws_regions() -> tuple[str, ...]:
+    """The regions of AWS's `aws` partition, from the endpoints data of the installed botocore (not a list
+    kept by hand: a botocore upgrade brings new regions)."""
+    endpoints = create_loader().load_data("endpoints")
+    partition = next(p for p in endpoints["partitions"] if p["partition"] == "aws")
+    return tuple(sorted(partition["regions"]))
+
+
+AWS_REGIONS: Final = aws_regions()
 
 
 @dataclass(frozen=True)
@@ -40,6 +68,7 @@ class Settings:
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
     access_log: str = "stderr"  # one JSON line per request: "stderr", "off", or a file path
     shutdown_grace: float = 30.0  # seconds requests in flight get to finish after SIGTERM/SIGINT
+    regions: tuple[str, ...] = AWS_REGIONS  # the regions served; requests scoped to another are refused
 
     @property
     def database(self) -> str:
@@ -63,4 +92,5 @@ class Settings:
     def from_environment(cls) -> Settings:
         values = json.loads(os.environ[SETTINGS_ENV])
         values["data_dir"] = Path(values["data_dir"])
+        values["regions"] = tuple(values["regions"])
         return cls(**values)

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from dockyard.config import Settings
+from dockyard.config import Settings, remembered_account
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import DEFAULT_UPLOAD_TTL, GarbageCollector
 from dockyard.domain.lifecycle import epoch_seconds
@@ -78,11 +78,10 @@ def lifecycle_run(
 
 
 def _remembered_account(data_dir: Path) -> str:
-    credentials = data_dir / "root-credentials.json"
-    if not credentials.exists():
-        console.print("[red]--account is required (no root-credentials.json in the data directory)[/]")
+    account = remembered_account(data_dir)
+    if account is None:
+        console.print("[red]--account is required (the data directory has not been served yet)[/]")
         raise typer.Exit(2)
-    account: str = json.loads(credentials.read_text())["accountId"]
     return account
 
 

@@ -53,6 +53,7 @@ from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.blobs.s3 import S3BlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
+from dockyard.storage.private import create_private_file, make_private, private_directory
 
 
 class Services:
@@ -73,7 +74,7 @@ class Services:
             self.metadata, self.blobs, create_on_push=settings.create_on_push, repository_keys=self.repository_keys
         )
         self.repositories = self.registry.repositories
-        self.authenticator = Authenticator(self.metadata, self.box)
+        self.authenticator = Authenticator(self.metadata, self.box, frozenset(settings.regions))
         self.audit = JsonLinesAudit(settings.data_dir / "audit.log")
         self.authorizer = Authorizer(self.metadata, self.audit)
         self.accounts = Accounts(self.metadata, self.box)
@@ -152,7 +153,8 @@ def _raw_blob_stores(settings: Settings) -> Callable[[str | None], BlobStore]:
 
 def prepare(settings: Settings) -> Services:
     """Create the data directory and apply migrations: run once before any worker starts."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(settings.data_dir)
+    make_private(settings.data_dir)  # what an older version left readable by others
     services = Services(settings)
     upgrade(services.engine)
     return services
@@ -173,8 +175,7 @@ def load_master_key(data_dir: Path) -> bytes:
 
 def write_private_file(path: Path, content: bytes) -> None:
     """Create a file only its owner can read (0600), never exposing it with wider permissions."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
+    with os.fdopen(create_private_file(path), "wb") as file:
         file.write(content)
 
 

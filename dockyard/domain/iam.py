@@ -59,8 +59,13 @@ class Authenticator:
     time on every node.
     """
 
-    def __init__(self, credentials: CredentialStore, box: SecretBox, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self, credentials: CredentialStore, box: SecretBox, regions: frozenset[str], cache_seconds: float = 5.0
+    ) -> None:
         self._credentials = credentials
+        # The regions this deployment serves: a signature or host name scoped to another is refused, so a
+        # typo cannot silently open a new, empty registry.
+        self.regions = regions
         self._box = box
         self._verified: TtlCache[Principal | None] = TtlCache(cache_seconds)
         self._keys: TtlCache[Credential | None] = TtlCache(cache_seconds)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -118,6 +118,18 @@ def check_configuration(configuration: Mapping[str, Any], account_id: str, regio
             "Invalid parameter at 'replicationConfiguration' failed to satisfy constraint: "
             f"'A replication configuration can have at most {MAX_DESTINATIONS} unique destinations, "
             f"not {len(unique)}'"
+        )
+
+
+def check_destination_regions(configuration: Mapping[str, Any], served: Collection[str]) -> None:
+    """Every destination is in a region this deployment serves: another would be a new, empty registry that
+    nothing else can reach."""
+    unserved = sorted({d.region for rule in parse_rules(configuration) for d in rule.destinations} - set(served))
+    if unserved:
+        raise InvalidParameter(
+            "Invalid parameter at 'replicationConfiguration' failed to satisfy constraint: "
+            f"'{', '.join(unserved)} {'is not a region' if len(unserved) == 1 else 'are not regions'} "
+            "this registry serves'"
         )
 
 

@@ -56,7 +56,8 @@ def registry_caller(
     Bearer token from the token endpoint when that flow is enabled."""
     if "X-Amz-Signature" in request.query_params:  # a GetDownloadUrlForLayer URL
         signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), b"")
-        return Caller(verify(signed, authenticator.secret_of, frozenset({"ecr"}), now).principal)
+        verified = verify(signed, authenticator.secret_of, frozenset({"ecr"}), now, regions=authenticator.regions)
+        return Caller(verified.principal)
     authorization = request.headers.get("authorization")
     if bearer is not None and authorization and authorization[:7].lower() == "bearer ":
         grant = bearer.verify(authorization[7:].strip(), now, authenticator.principal_for_key)

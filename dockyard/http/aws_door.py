@@ -22,7 +22,7 @@ from dockyard.http import aws_json
 from dockyard.http.errors import log
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
-from dockyard.http.sigv4 import SignedRequest, Verified, verify
+from dockyard.http.sigv4 import JSON_SIGNED, SignedRequest, Verified, verify
 from dockyard.storage.full import is_storage_full, storage_full
 
 C = TypeVar("C")
@@ -88,10 +88,21 @@ class AwsJsonDoor(Generic[C]):
 
     def _verify(self, request: Request, body: bytes) -> Verified:
         signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
-        return verify(signed, self.authenticator.secret_of, frozenset({self.signing_name()}), self.clock())
+        return verify(
+            signed,
+            self.authenticator.secret_of,
+            frozenset({self.signing_name()}),
+            self.clock(),
+            regions=self.signing_regions(),
+            required_headers=JSON_SIGNED,
+        )
 
     def signing_name(self) -> str:
         return self.SERVICE
+
+    def signing_regions(self) -> frozenset[str]:
+        """The regions a request's credential scope may name: those the deployment serves."""
+        return self.authenticator.regions
 
     async def _read_body(self, request: Request) -> bytes:
         parts, total = [], 0

@@ -32,13 +32,13 @@ from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.replication import check_configuration as check_replication
-from dockyard.domain.replication import replication_statuses
+from dockyard.domain.replication import check_destination_regions, replication_statuses
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
 from dockyard.http.auth import request_context
 from dockyard.http.aws_door import AwsJsonDoor
-from dockyard.http.sigv4 import Verified, presign_get
+from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, Verified, presign_get
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
 DEFAULT_PAGE: Final = 100
@@ -414,6 +414,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
     def put_replication_configuration(self, call: EcrCall) -> dict[str, Any]:
         configuration = _jsonable(call.params["replicationConfiguration"])
         check_replication(configuration, call.account, call.region)
+        check_destination_regions(configuration, self.authenticator.regions)
         self.registries.set_configuration(call.account, call.region, REPLICATION, configuration)
         return {"replicationConfiguration": configuration}
 
@@ -751,6 +752,9 @@ class PublicEcrDoor(EcrDoor):
 
     def repository_region(self, signed_region: str) -> str:
         return PUBLIC_REGION
+
+    def signing_regions(self) -> frozenset[str]:
+        return self.authenticator.regions | GLOBAL_SIGNING_REGION  # its API lives in us-east-1 only
 
     def _alias(self, account: str) -> str:
         return self.registries.public_alias(account)

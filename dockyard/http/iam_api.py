@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
@@ -29,7 +30,7 @@ from dockyard.http.auth import request_context
 from dockyard.http.errors import log
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
-from dockyard.http.sigv4 import SignedRequest, verify
+from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, SignedRequest, verify
 
 MAX_BODY: Final = 1024 * 1024
 FORM: Final = "application/x-www-form-urlencoded"
@@ -89,7 +90,11 @@ class QueryDoor:
             action = params.get("Action", "")
             signed = SignedRequest(request.method, request.url.path, request.url.query, request.headers.items(), body)
             verified = await run_in_threadpool(
-                verify, signed, self.authenticator.secret_of, frozenset(self.handlers), self.clock()
+                partial(verify, regions=self.authenticator.regions | GLOBAL_SIGNING_REGION),
+                signed,
+                self.authenticator.secret_of,
+                frozenset(self.handlers),
+                self.clock(),
             )
             service = verified.service
             note_principal(verified.principal)

@@ -240,13 +240,19 @@ class RegistryDoor:
             return RepositoryRef(account, PUBLIC_REGION, check_repository_name(repository))
         from_host = registry_from_host(request.headers.get("host", ""))
         if from_host is not None:
-            return RepositoryRef(from_host[0], from_host[1], name)
+            return RepositoryRef(from_host[0], self.served(from_host[1]), name)
         if caller.registry is not None:
             # An ECR Public token names its account's public registry, which a name without `public/` is not.
-            region = self.default_region if caller.registry.is_public else caller.registry.region
+            region = self.default_region if caller.registry.is_public else self.served(caller.registry.region)
             return RepositoryRef(caller.registry.account_id, region, name)
         account = caller.principal.account_id if caller.principal else self.default_account
         return RepositoryRef(account, self.default_region, name)
+
+    def served(self, region: str) -> str:
+        """`region`, if the deployment serves it: another would silently open a new, empty registry."""
+        if region not in self.authenticator.regions:
+            raise NameUnknown(f"region {region!r} is not served by this registry (see --regions)")
+        return region
 
     def authorize(self, call: Call, action: str, ref: RepositoryRef | None = None, path_name: str = "") -> None:
         """Bearer grants are checked by the repository's name as the path spells it, then IAM decides."""

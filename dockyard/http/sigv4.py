@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -23,7 +23,6 @@ from botocore.credentials import Credentials
 
 from dockyard.domain.errors import DockyardError, ErrorKind
 from dockyard.domain.iam import Principal
-from dockyard.domain.names import REGION_RE
 
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 MAX_SKEW: Final = timedelta(minutes=15)
@@ -34,6 +33,19 @@ _AUTH_RE: Final = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-f]{64})\s*"
 )
 _SCOPE_RE: Final = re.compile(r"([^/]+)/([0-9]{8})/([^/]+)/([^/]+)/aws4_request")
+# Every SigV4 request signs its Host (AWS's rule). The AWS JSON doors also need the headers that choose the
+# operation and how the body is read: else a captured DescribeRepositories replays as GetAuthorizationToken.
+HOST_SIGNED: Final = ("host",)
+JSON_SIGNED: Final = ("host", "x-amz-target", "content-type")
+# Global services (IAM, STS's global endpoint, ECR Public) are signed for us-east-1 by botocore whatever the
+# client's region: that scope is theirs even where the deployment does not serve us-east-1 itself.
+GLOBAL_SIGNING_REGION: Final = frozenset({"us-east-1"})
+# The names AWS's refusals spell the required headers with.
+_SPELLING: Final = {
+    "host": "'Host' or ':authority'",
+    "x-amz-target": "'X-Amz-Target'",
+    "content-type": "'Content-Type'",
+}
 
 
 class MissingAuthenticationToken(DockyardError):
@@ -96,11 +108,24 @@ class _Parsed:
     expires: int | None  # presigned only
 
 
-def verify(request: SignedRequest, lookup: SecretLookup, services: frozenset[str], now: datetime) -> Verified:
-    """The principal that signed `request`, or the AWS error a real endpoint answers."""
+def verify(
+    request: SignedRequest,
+    lookup: SecretLookup,
+    services: frozenset[str],
+    now: datetime,
+    *,
+    regions: Collection[str],
+    required_headers: Sequence[str] = HOST_SIGNED,
+) -> Verified:
+    """The principal that signed `request`, or the AWS error a real endpoint answers.
+
+    `regions` are the regions the deployment serves (a credential scoped to another is refused: it would open
+    an empty registry); `required_headers` must all be among the signed headers.
+    """
     query = parse_qsl(request.query_string, keep_blank_values=True)
     parsed = _parse_query(query) if any(k == "X-Amz-Signature" for k, _ in query) else _parse_header(request)
-    _check_scope(parsed, services)
+    _check_signed_headers(parsed, required_headers)
+    _check_scope(parsed, services, regions)
     _check_time(parsed, now)
     found = lookup(parsed.access_key_id)
     if found is None:
@@ -159,18 +184,27 @@ def _parsed(credential: str, signed_headers: str, signature: str, timestamp: str
         raise IncompleteSignature(f"Credential must be <key>/<date>/<region>/<service>/aws4_request: {credential!r}")
     access_key_id, date, region, service = scope.groups()
     headers = signed_headers.lower().split(";")
-    if "host" not in headers:
-        raise IncompleteSignature("the host header must be signed")
     return _Parsed(access_key_id, date, region, service, headers, signature, timestamp, expires)
 
 
-def _check_scope(parsed: _Parsed, services: frozenset[str]) -> None:
+def _check_signed_headers(parsed: _Parsed, required: Sequence[str]) -> None:
+    for name in required:
+        if name not in parsed.signed_headers:
+            raise InvalidSignature(
+                f"{_SPELLING.get(name, repr(name))} must be a 'SignedHeader' in the AWS Authorization."
+            )
+
+
+def _check_scope(parsed: _Parsed, services: frozenset[str], regions: Collection[str]) -> None:
     if parsed.service not in services:
         raise InvalidSignature(
             f"Credential should be scoped to correct service: '{'/'.join(sorted(services))}', not '{parsed.service}'"
         )
-    if not REGION_RE.fullmatch(parsed.region):
-        raise InvalidSignature(f"Credential should be scoped to a valid region, not '{parsed.region}'")
+    if parsed.region not in regions:
+        raise InvalidSignature(
+            f"Credential should be scoped to a valid region, not '{parsed.region}' "
+            "(a region this deployment does not serve)"
+        )
     if not parsed.timestamp.startswith(parsed.date):
         raise InvalidSignature("Credential should be scoped to the date of X-Amz-Date")
 

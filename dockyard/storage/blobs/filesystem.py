@@ -9,7 +9,8 @@ Layout under the root directory (owned here; nothing else writes it):
 Paths are only ever built from a parsed `Digest` and an upload id that matched `UPLOAD_ID_RE`. A blob is
 published by fsync of its bytes, an atomic rename into place and fsync of the directory, so after a crash a
 blob is either whole or absent; leftovers in uploads/ and tmp/ are garbage for the collector
-(`sweep_leftovers`).
+(`sweep_leftovers`). Everything is created owner-only (0600 files, 0700 directories): image content is nobody
+else's to read.
 
 A full disk (ENOSPC, EDQUOT) is `InsufficientStorage`, and leaves nothing half-written behind: a small write's
 temporary file is removed, and an upload is cut back to where the failed request's writer began, so its
@@ -32,6 +33,7 @@ from typing import BinaryIO, Final
 from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError, RangeInvalid
 from dockyard.domain.names import Digest
 from dockyard.storage.full import is_storage_full, storage_full
+from dockyard.storage.private import create_private_file, private_directory
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 READ_CHUNK: Final = 1024 * 1024
@@ -89,7 +91,7 @@ class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         for folder in ("blobs", "uploads", "tmp"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
+            private_directory(root / folder)
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -131,7 +133,7 @@ class FilesystemBlobStore:
                 return
         temporary = self.root / "tmp" / secrets.token_hex(16)  # fresh, so its mtime starts the GC grace
         try:
-            with temporary.open("wb") as file:
+            with os.fdopen(create_private_file(temporary), "wb") as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
@@ -151,7 +153,7 @@ class FilesystemBlobStore:
 
     def start_upload(self, upload_id: str) -> None:
         try:
-            self._upload_path(upload_id).touch(exist_ok=False)
+            os.close(create_private_file(self._upload_path(upload_id)))
         except OSError as error:
             if is_storage_full(error):
                 raise storage_full("starting an upload") from error
@@ -245,7 +247,7 @@ class FilesystemBlobStore:
 
     def _publish(self, source: Path, target: Path) -> None:
         """Atomically move durable bytes into place; an existing copy has the same content (same digest)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(target.parent)
         os.replace(source, target)
         _fsync_directory(target.parent)
 

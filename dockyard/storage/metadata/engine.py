@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -13,12 +15,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import ExceptionContext
 
 from dockyard.storage.full import is_storage_full, storage_full
+from dockyard.storage.private import create_private_file
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     """An engine with the per-backend settings Dockyard relies on."""
     if url.startswith("sqlite"):
         engine = create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size)
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # SQLite creates the database (and its -wal and -shm, which copy the database's mode) world-readable
+            # unless the file exists: make it owner-only first.
+            os.close(create_private_file(Path(database), exclusive=False))
         _configure_sqlite(engine)
     else:
         # No pool pre-ping: it costs a round trip on every checkout (a quarter of a cached read's). A connection

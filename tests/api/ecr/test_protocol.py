@@ -306,10 +306,20 @@ def test_signature_inside_the_skew_window(ecr_server: ServerProcess) -> None:
             f"SignedHeaders=host, Signature={'a' * 64}",
             {"IncompleteSignatureException"},
         ),
-        (
+        (  # AWS answers a required header left unsigned as a signature that does not match
             f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/us-east-1/ecr/aws4_request, "
             f"SignedHeaders=x-amz-date, Signature={'a' * 64}",
-            {"IncompleteSignatureException"},
+            {"InvalidSignatureException"},
+        ),
+        (
+            f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/us-east-1/ecr/aws4_request, "
+            f"SignedHeaders=content-type;host;x-amz-date, Signature={'a' * 64}",
+            {"InvalidSignatureException"},
+        ),
+        (
+            f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/us-east-1/ecr/aws4_request, "
+            f"SignedHeaders=host;x-amz-date;x-amz-target, Signature={'a' * 64}",
+            {"InvalidSignatureException"},
         ),
         (
             f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/us-east-1/ecr/aws4_request, "
@@ -317,7 +327,19 @@ def test_signature_inside_the_skew_window(ecr_server: ServerProcess) -> None:
             {"IncompleteSignatureException"},
         ),
     ],
-    ids=["absent", "empty", "garbage", "basic", "no-signature", "sha512", "short-scope", "host-unsigned", "bad-sig"],
+    ids=[
+        "absent",
+        "empty",
+        "garbage",
+        "basic",
+        "no-signature",
+        "sha512",
+        "short-scope",
+        "host-unsigned",
+        "target-unsigned",
+        "content-type-unsigned",
+        "bad-sig",
+    ],
 )
 def test_malformed_authorization(ecr_server: ServerProcess, authorization: str | None, expected: set[str]) -> None:
     headers = {
@@ -335,7 +357,8 @@ def test_malformed_authorization(ecr_server: ServerProcess, authorization: str |
 def presigned_url(
     server: ServerProcess, when: datetime, expires: int, target: str = "DescribeRegistry"
 ) -> tuple[str, dict[str, str]]:
-    request = AWSRequest(method="POST", url=f"{server.url}/", headers={"X-Amz-Target": f"{ECR_TARGET}.{target}"})
+    headers = {"X-Amz-Target": f"{ECR_TARGET}.{target}", "Content-Type": AWS_JSON}  # both signed, as required
+    request = AWSRequest(method="POST", url=f"{server.url}/", headers=headers)
     with signing_clock(when):
         SigV4QueryAuth(Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY), "ecr", REGION, expires=expires).add_auth(request)
     return request.url, dict(request.headers.items())
@@ -346,6 +369,17 @@ def test_presigned_request(ecr_server: ServerProcess) -> None:
     response = httpx.post(url, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["registryId"] == ACCOUNT_ID
+
+
+@pytest.mark.parametrize("header", ["X-Amz-Target", "Content-Type"])
+def test_presigned_request_must_sign_target_and_content_type(ecr_server: ServerProcess, header: str) -> None:
+    """A URL presigned with Host only would carry any operation: refused."""
+    url, headers = presigned_url(ecr_server, datetime.now(UTC), 300)
+    names = "%3B".join(name for name in ("content-type", "host", "x-amz-target") if name != header.lower())
+    unsigned = re.sub(r"X-Amz-SignedHeaders=[^&]+", f"X-Amz-SignedHeaders={names}", url)
+    status, code, message = aws_error(httpx.post(unsigned, headers=headers, timeout=10))
+    assert status in AUTH_FAMILY and code == "InvalidSignatureException"
+    assert message == f"'{header}' must be a 'SignedHeader' in the AWS Authorization."
 
 
 def test_presigned_request_expired(ecr_server: ServerProcess) -> None:

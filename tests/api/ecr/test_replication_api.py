@@ -18,7 +18,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from dockyard.config import Settings
+from dockyard.config import AWS_REGIONS, Settings
 from dockyard.domain.accounts import Accounts
 from dockyard.server import prepare
 from tests.api.ecr.helpers import ApiImage, ecr_client, error_code, put_api_image
@@ -129,14 +129,28 @@ def test_put_replication_configuration_refuses_the_source_registry_as_destinatio
     assert ecr.describe_registry()["replicationConfiguration"] == {"rules": []}  # nothing stored
 
 
+def test_put_replication_configuration_refuses_regions_not_served(ecr_server: ServerProcess) -> None:
+    ecr = client(ecr_server, "eu-north-1")
+    error = raises(
+        "InvalidParameterException",
+        ecr.put_replication_configuration,
+        replicationConfiguration={"rules": [{"destinations": [to("eu-west-3"), to("eu-west-9"), to("xx-test-1")]}]},
+    )
+    assert error.response["Error"]["Message"] == (
+        "Invalid parameter at 'replicationConfiguration' failed to satisfy constraint: "
+        "'eu-west-9, xx-test-1 are not regions this registry serves'"
+    )
+    assert ecr.describe_registry()["replicationConfiguration"] == {"rules": []}  # nothing stored
+
+
 def test_put_replication_configuration_allows_25_unique_destinations(ecr_server: ServerProcess) -> None:
     ecr = client(ecr_server, "ap-northeast-2")
-    regions = [f"xx-test-{n}" for n in range(25)]
+    regions = sorted(set(AWS_REGIONS) - {"ap-northeast-2"})[:25]
     rules = [{"destinations": [to(r) for r in regions[:10]]}, {"destinations": [to(r) for r in regions[5:]]}]
     answer = ecr.put_replication_configuration(replicationConfiguration={"rules": rules})
     assert answer["replicationConfiguration"] == {"rules": rules}
     assert ecr.describe_registry()["replicationConfiguration"] == {"rules": rules}
-    rules.append({"destinations": [to("yy-test-1", OTHER_ACCOUNT)]})
+    rules.append({"destinations": [to(regions[0], OTHER_ACCOUNT)]})
     error = raises(
         "InvalidParameterException", ecr.put_replication_configuration, replicationConfiguration={"rules": rules}
     )

@@ -21,9 +21,12 @@ from botocore.credentials import Credentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dockyard.config import AWS_REGIONS
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.iam import Principal
 from dockyard.http.sigv4 import (
+    HOST_SIGNED,
+    JSON_SIGNED,
     IncompleteSignature,
     InvalidSignature,
     MissingAuthenticationToken,
@@ -43,6 +46,7 @@ URL = "http://registry.test:5000/"
 TARGET = "AmazonEC2ContainerRegistry_V20150921.DescribeRepositories"
 ECR = frozenset({"ecr"})
 BODY = json.dumps({"maxResults": 5}).encode()
+REGIONS = frozenset(AWS_REGIONS)
 
 
 def lookup(access_key_id: str) -> tuple[Principal, str] | None:
@@ -73,6 +77,29 @@ def signed(
     return SignedRequest(
         "POST", parts.path or "/", parts.query, [("host", parts.netloc), *request.headers.items()], body
     )
+
+
+def signed_without(header: str) -> SignedRequest:
+    """A request genuinely signed with `header` left out of SignedHeaders (sent all the same)."""
+    request = AWSRequest(
+        method="POST",
+        url=URL,
+        data=BODY,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET},
+    )
+    host = urlsplit(URL).netloc
+    with mock.patch.object(botocore.auth, "get_current_datetime", lambda: NOW.replace(tzinfo=None)):
+        signer = SigV4Auth(Credentials(KEY, SECRET), "ecr", "us-east-1")
+        everything = signer.headers_to_sign
+
+        def all_but_one(request: AWSRequest) -> Any:
+            names = everything(request)
+            del names[header]
+            return names
+
+        signer.headers_to_sign = all_but_one  # type: ignore[method-assign]
+        signer.add_auth(request)
+    return SignedRequest("POST", "/", "", [("host", host), *request.headers.items()], BODY)
 
 
 def presigned(
@@ -110,7 +137,14 @@ def authorization(request: SignedRequest) -> str:
 
 def refused(error: type[DockyardError], request: SignedRequest, now: datetime = NOW, **kwargs: Any) -> DockyardError:
     with pytest.raises(error) as caught:
-        verify(request, lookup, kwargs.get("services", ECR), now)
+        verify(
+            request,
+            lookup,
+            kwargs.get("services", ECR),
+            now,
+            regions=kwargs.get("regions", REGIONS),
+            required_headers=kwargs.get("required_headers", HOST_SIGNED),
+        )
     assert caught.value.ecr_exception == error.kind.ecr_exception
     assert caught.value.http_status in (400, 403)
     return caught.value
@@ -120,24 +154,52 @@ def refused(error: type[DockyardError], request: SignedRequest, now: datetime = 
 
 
 def test_valid_request() -> None:
-    assert verify(signed(), lookup, ECR, NOW) == Verified(PRINCIPAL, "us-east-1", "ecr")
+    assert verify(signed(), lookup, ECR, NOW, regions=REGIONS) == Verified(PRINCIPAL, "us-east-1", "ecr")
 
 
-@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "us-gov-west-1", "cn-north-1"])
-def test_any_region_is_accepted(region: str) -> None:
-    assert verify(signed(region=region), lookup, ECR, NOW).region == region
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "ca-west-1"])
+def test_served_regions_are_accepted(region: str) -> None:
+    assert verify(signed(region=region), lookup, ECR, NOW, regions=REGIONS).region == region
+
+
+@pytest.mark.parametrize("region", ["eu-west-9", "us-gov-west-1", "cn-north-1"])
+def test_regions_not_served_are_refused(region: str) -> None:
+    """A well-formed but unserved region would open a new, empty registry: refused as AWS refuses it."""
+    error = refused(InvalidSignature, signed(region=region))
+    assert f"Credential should be scoped to a valid region, not '{region}'" in error.message
+    assert verify(signed(region=region), lookup, ECR, NOW, regions={region, "us-east-1"}).region == region
+
+
+def test_aws_regions_come_from_botocore() -> None:
+    assert {"us-east-1", "eu-west-1", "ap-southeast-2"} <= REGIONS
+    assert not {"us-gov-west-1", "cn-north-1", "aws-global"} & REGIONS  # other partitions, pseudo-regions
+
+
+def test_json_doors_require_target_and_content_type_signed() -> None:
+    """botocore signs Host, X-Amz-Target and Content-Type; a signature without them is refused as AWS does."""
+    assert verify(signed(), lookup, ECR, NOW, regions=REGIONS, required_headers=JSON_SIGNED).principal == PRINCIPAL
+    for left_out, spelling in [("x-amz-target", "'X-Amz-Target'"), ("content-type", "'Content-Type'")]:
+        request = signed_without(left_out)
+        assert verify(request, lookup, ECR, NOW, regions=REGIONS).principal == PRINCIPAL  # a valid signature
+        error = refused(InvalidSignature, request, required_headers=JSON_SIGNED)
+        assert error.message == f"{spelling} must be a 'SignedHeader' in the AWS Authorization."
+
+
+def test_host_must_always_be_signed() -> None:
+    error = refused(InvalidSignature, signed_without("host"))
+    assert error.message == "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 
 
 def test_service_must_be_one_of_the_doors() -> None:
     request = signed(service="ecr-public")
-    assert verify(request, lookup, frozenset({"ecr", "ecr-public"}), NOW).service == "ecr-public"
+    assert verify(request, lookup, frozenset({"ecr", "ecr-public"}), NOW, regions=REGIONS).service == "ecr-public"
     error = refused(InvalidSignature, request)
     assert "ecr-public" in error.message
 
 
 def test_unsigned_headers_may_change() -> None:
     request = with_headers(signed(), user_agent="something else", x_forwarded_for="10.0.0.1")
-    assert verify(request, lookup, ECR, NOW).principal == PRINCIPAL
+    assert verify(request, lookup, ECR, NOW, regions=REGIONS).principal == PRINCIPAL
 
 
 def test_tampered_signature() -> None:
@@ -181,7 +243,7 @@ def test_tampered_query() -> None:
 
 def test_declared_payload_hash_must_be_the_bodys() -> None:
     good = signed(headers={"X-Amz-Content-SHA256": hashlib.sha256(BODY).hexdigest()})
-    assert verify(good, lookup, ECR, NOW).principal == PRINCIPAL
+    assert verify(good, lookup, ECR, NOW, regions=REGIONS).principal == PRINCIPAL
     lying = signed(headers={"X-Amz-Content-SHA256": hashlib.sha256(b"other").hexdigest()})
     refused(InvalidSignature, lying)
     unsigned = signed(headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
@@ -220,7 +282,7 @@ def test_request_from_the_future(minutes: int) -> None:
 @pytest.mark.parametrize("minutes", [-14, 0, 14])
 def test_skew_inside_the_window_is_accepted(minutes: int) -> None:
     """Like AWS, a replay inside the window is not detected: the window bounds it."""
-    assert verify(signed(), lookup, ECR, NOW + timedelta(minutes=minutes)).principal == PRINCIPAL
+    assert verify(signed(), lookup, ECR, NOW + timedelta(minutes=minutes), regions=REGIONS).principal == PRINCIPAL
 
 
 def test_unknown_access_key() -> None:
@@ -240,7 +302,7 @@ def test_missing_date() -> None:
 @pytest.mark.parametrize("date", ["2025-06-01T12:00:00Z", "20250601", "20250601T1200Z", "yesterday", ""])
 def test_malformed_date(date: str) -> None:
     with pytest.raises(DockyardError) as caught:
-        verify(with_headers(signed(), x_amz_date=date), lookup, ECR, NOW)
+        verify(with_headers(signed(), x_amz_date=date), lookup, ECR, NOW, regions=REGIONS)
     assert caught.value.ecr_exception in {"IncompleteSignatureException", "InvalidSignatureException"}
 
 
@@ -267,7 +329,6 @@ SCOPE = f"{KEY}/20250601/us-east-1/ecr/aws4_request"
         _auth(f"{KEY}/us-east-1/ecr/aws4_request"),
         _auth(f"{KEY}/20250601/us-east-1/ecr/aws4_requests"),
         _auth(f"{KEY}/2025061/us-east-1/ecr/aws4_request"),
-        _auth(SCOPE, signed_headers="x-amz-date"),
         _auth(SCOPE, signature="A" * 64),
         _auth(SCOPE, signature="a" * 63),
         _auth(SCOPE, signature="g" * 64),
@@ -275,14 +336,14 @@ SCOPE = f"{KEY}/20250601/us-east-1/ecr/aws4_request"
     ],
     ids=[
         "empty", "garbage", "basic", "bearer", "algorithm-only", "credential-only", "no-signature", "sha512", "sha1",
-        "sigv3", "scope-without-date", "scope-terminator", "short-date", "host-unsigned", "uppercase-signature",
+        "sigv3", "scope-without-date", "scope-terminator", "short-date", "uppercase-signature",
         "short-signature", "non-hex-signature", "extra-part",
     ],
 )  # fmt: skip
 def test_malformed_authorization_header(header: str) -> None:
     request = with_headers(signed(), authorization=header)
     with pytest.raises(DockyardError) as caught:
-        verify(request, lookup, ECR, NOW)
+        verify(request, lookup, ECR, NOW, regions=REGIONS)
     assert caught.value.ecr_exception in {"IncompleteSignatureException", "MissingAuthenticationTokenException"}
     assert caught.value.http_status in (400, 403)
 
@@ -292,7 +353,9 @@ def test_malformed_authorization_header(header: str) -> None:
 
 def test_presigned_valid() -> None:
     request = presigned()
-    assert verify(request, lookup, ECR, NOW + timedelta(seconds=299)) == Verified(PRINCIPAL, "us-east-1", "ecr")
+    assert verify(request, lookup, ECR, NOW + timedelta(seconds=299), regions=REGIONS) == Verified(
+        PRINCIPAL, "us-east-1", "ecr"
+    )
 
 
 def test_presigned_expired() -> None:
@@ -340,14 +403,14 @@ def test_presigned_extreme_dates_are_refused_cleanly(date: str) -> None:
         presigned(expires=604800), X_Amz_Date=date, X_Amz_Credential=f"{KEY}/{date[:8]}/us-east-1/ecr/aws4_request"
     )
     with pytest.raises(DockyardError):
-        verify(request, lookup, ECR, NOW)
+        verify(request, lookup, ECR, NOW, regions=REGIONS)
 
 
 def test_non_ascii_payload_hash_is_refused_cleanly() -> None:
     """Header values arrive as latin-1 text: a declared hash with a non-ASCII byte is a bad signature, not a crash."""
     request = with_headers(signed(), x_amz_content_sha256="\u00e9" * 64)
     with pytest.raises(DockyardError) as caught:
-        verify(request, lookup, ECR, NOW)
+        verify(request, lookup, ECR, NOW, regions=REGIONS)
     assert caught.value.ecr_exception == "InvalidSignatureException"
 
 
@@ -399,7 +462,7 @@ def test_random_header_garbage_only_raises_dockyard_errors(changes: list[tuple[s
         if value is not None:
             headers.append((name, value))
     try:
-        verify(SignedRequest("POST", "/", "", headers, body), lookup, ECR, NOW)
+        verify(SignedRequest("POST", "/", "", headers, body), lookup, ECR, NOW, regions=REGIONS)
     except DockyardError as error:
         assert error.ecr_exception.endswith("Exception")
         assert error.http_status in (400, 401, 403)
@@ -437,6 +500,6 @@ def test_random_presigned_garbage_only_raises_dockyard_errors(
         del query[key]
     request = SignedRequest("GET", "/v2/x/blobs/sha256:abc", urlencode(query), [("host", "registry.test:5000")], b"")
     try:
-        verify(request, lookup, ECR, NOW)
+        verify(request, lookup, ECR, NOW, regions=REGIONS)
     except DockyardError as error:
         assert error.http_status in (400, 401, 403)
