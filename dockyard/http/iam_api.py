@@ -45,6 +45,7 @@ _QUERY_CODES: Final = {
     "IncompleteSignatureException": "IncompleteSignature",
     "ExpiredTokenException": "ExpiredToken",
     "ServerException": "ServiceFailure",
+    "SerializationException": "MalformedQueryString",
 }
 
 
