@@ -105,6 +105,8 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
     `json.loads(bytes)` would also take UTF-16/32 and a UTF-8 BOM, and resolve duplicate keys last-wins;
     another reader of the same bytes could then see a different manifest than the one checked here.
     """
+    if b"\x00" in raw[:4]:  # how RFC 4627 §3 tells UTF-16/32 (no BOM) from UTF-8: JSON text starts with ASCII
+        raise ManifestInvalid("manifest is UTF-16 or UTF-32 (RFC 8259: JSON exchanged between systems is UTF-8)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

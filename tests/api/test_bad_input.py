@@ -237,6 +237,21 @@ def test_huge_numbers_in_range_headers(http: httpx.Client) -> None:
     assert oci_error(chunk) == (400, ["BLOB_UPLOAD_INVALID"])
 
 
+def test_huge_presigned_expiry_is_incomplete_signature(http: httpx.Client) -> None:
+    digest = push_blob(http, "bad/numbers", b"presigned")
+    query = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{ACCESS_KEY_ID}/20240101/us-east-1/ecr/aws4_request",
+        "X-Amz-Date": "20240101T000000Z",
+        "X-Amz-Expires": HUGE,
+        "X-Amz-SignedHeaders": "host",
+        "X-Amz-Signature": "0" * 64,
+    }
+    answer = http.get(f"/v2/bad/numbers/blobs/{digest}", params=query, headers={"Authorization": ""})
+    assert answer.status_code in (400, 401, 403) and answer.status_code < 500, answer.text
+    assert "X-Amz-Expires" in answer.text
+
+
 @pytest.mark.parametrize("action", ["ListUsers", "ListAccessKeys"])
 def test_huge_max_items_on_iam_is_invalid_input(server: ServerProcess, action: str) -> None:
     with httpx.Client(timeout=30) as client:
