@@ -419,3 +419,27 @@ def test_ecr_lone_surrogates_are_a_serialization_exception(server: ServerProcess
     signed = sign(f"{server.url}/", body, {"Content-Type": AWS_JSON, "X-Amz-Target": f"{ECR_TARGET}.PutImage"})
     answer = httpx.post(f"{server.url}/", content=body, headers=signed, timeout=30)
     assert aws_error(answer)[:2] == (400, "SerializationException")
+
+
+# --------------------------------------------------------------------------------- forged and unencodable input
+
+
+def test_lone_surrogates_anywhere_in_an_ecr_body_are_a_serialization_exception(server: ServerProcess) -> None:
+    """`\\ud800` parses as JSON, but no UTF-8 encoder (nor SQLite) takes it."""
+    body = b'{"repositoryName": "bad/surrogate", "tags": [{"Key": "k", "Value": "\\ud800"}]}'
+    signed = sign(f"{server.url}/", body, {"Content-Type": AWS_JSON, "X-Amz-Target": f"{ECR_TARGET}.CreateRepository"})
+    answer = httpx.post(f"{server.url}/", content=body, headers=signed, timeout=30)
+    assert aws_error(answer)[:2] == (400, "SerializationException")
+
+
+@pytest.mark.parametrize("after", [5, [], {"a": 1}, "abc", "", HUGE, "sha256:zz|t"])
+@pytest.mark.parametrize("operation", ["list_images", "describe_images", "describe_repositories"])
+def test_forged_paging_tokens_are_invalid_parameters(ecr: Any, http: httpx.Client, after: Any, operation: str) -> None:
+    push_image_to(http, "bad/tokens")
+    token = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+    arguments = {"describe_repositories": {}}.get(operation, {"repositoryName": "bad/tokens"})
+    try:
+        getattr(ecr, operation)(nextToken=token, **arguments)
+    except ClientError as error:
+        status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert status == 400 and error.response["Error"]["Code"].endswith("Exception"), error.response
