@@ -50,7 +50,7 @@ OPERATIONS = [(service, name) for service, model in MODELS.items() for name in m
 HUGE_MARK = "\x00huge\x00"
 HUGE = "9" * 5000
 FUZZ = settings(
-    max_examples=15,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     database=None,
@@ -352,7 +352,7 @@ def v2_bodies(seeded: Seeded) -> st.SearchStrategy[bytes]:
 
 
 @pytest.mark.parametrize(("route", "method"), CASES, ids=[f"{m} {r.template}" for r, m in CASES])
-@settings(FUZZ, max_examples=40)  # 18 route and method pairs against 104 operations: more examples each
+@settings(FUZZ, max_examples=50)  # 18 route and method pairs against 104 operations: more examples each
 @given(data=st.data())
 def test_every_v2_route_answers_random_requests_without_a_5xx(
     server: ServerProcess, http: httpx.Client, seeded_v2: Seeded, route: Route, method: str, data: st.DataObject
