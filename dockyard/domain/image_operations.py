@@ -182,7 +182,7 @@ class ImageOperations:
         digest_text: str | None,
     ) -> tuple[ImageId, str]:
         repository = self.registry.repository(ref)
-        raw = manifest_text.encode()
+        raw = manifest_text.encode("utf-8", "surrogatepass")  # a lone surrogate then fails UTF-8 decoding: refused
         expected = _parse_put_digest(digest_text) if digest_text else None
         manifest = parse_manifest(raw, media_type, expected.algorithm if expected else "sha256")
         if expected is not None and expected != manifest.digest:

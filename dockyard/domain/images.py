@@ -26,6 +26,7 @@ from dockyard.domain.errors import (
     ImageArchived,
     InsufficientStorage,
     ManifestBlobUnknown,
+    ManifestInvalid,
     ManifestReferenced,
     ManifestUnknown,
     PaginationNumberInvalid,
@@ -34,7 +35,7 @@ from dockyard.domain.errors import (
     SizeInvalid,
 )
 from dockyard.domain.manifests import OCI_INDEX, ParsedManifest, parse_manifest
-from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference, is_tag
+from dockyard.domain.names import Digest, RepositoryRef, check_tag, is_digest_reference, is_tag, parse_decimal
 from dockyard.domain.ports import (
     BlobStore,
     BlobStores,
@@ -81,9 +82,10 @@ def page_size(requested: str | None) -> int:
     """`n` of tag and catalog listings: a non-negative integer, clamped to MAX_PAGE."""
     if requested is None or requested == "":
         return MAX_PAGE
-    if not (requested.isascii() and requested.isdigit()):
-        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {requested!r}")
-    return min(int(requested), MAX_PAGE)
+    number = parse_decimal(requested)
+    if number is None:
+        raise PaginationNumberInvalid(f"n must be a non-negative integer of at most 19 digits, not {requested[:40]!r}")
+    return min(number, MAX_PAGE)
 
 
 class RunningHashes:
@@ -331,6 +333,7 @@ class Registry:
         self, repository: Repository, manifest: ParsedManifest, raw: bytes, tags: list[str]
     ) -> PushedManifest:
         """Store a parsed manifest under `tags`, atomically, refusing immutable tag moves and missing content."""
+        self._check_sizes(repository, manifest)
         record = self._record(repository, manifest)
         if self.metadata.get_manifest(repository.id, manifest.digest) is None:
             count = self.metadata.count_manifests(repository.id)
@@ -486,6 +489,27 @@ class Registry:
             raise
         self.metadata.link_blob(destination.id, digest, size, self.clock())
         self.metadata.delete_upload(upload_id)
+
+    def _check_sizes(self, repository: Repository, manifest: ParsedManifest) -> None:
+        """Each descriptor's size must be the size of the content it names (clients check it on pull, so a wrong
+        one would be stored and then fail every pull). Content the repository lacks is reported by the store."""
+        references = _references(manifest)
+        actual = self.metadata.linked_blob_sizes(repository.id, [r.digest for r in references if not r.is_manifest])
+        for child in manifest.children:
+            record = self.metadata.get_manifest(repository.id, child.digest)
+            if record is not None:
+                actual[child.digest] = record.size
+        wrong = [
+            {"digest": str(d.digest), "size": d.size, "actualSize": actual[d.digest]}
+            for d in (*manifest.blobs, *manifest.children)
+            if d.digest in actual and actual[d.digest] != d.size
+        ]
+        if wrong:
+            raise ManifestInvalid(
+                "descriptor sizes do not match the content: "
+                + ", ".join(f"{w['digest']} is {w['actualSize']} bytes, not {w['size']}" for w in wrong),
+                items=wrong,
+            )
 
     def _record(self, repository: Repository, manifest: ParsedManifest) -> ManifestRecord:
         return ManifestRecord(

@@ -6,11 +6,12 @@ The digest of a manifest is the hash of the exact bytes pushed; nothing here re-
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dockyard.domain.errors import DigestInvalid, DigestUnsupported, ManifestInvalid, ManifestTooLarge
-from dockyard.domain.names import Digest
+from dockyard.domain.names import MAX_INT64, Digest
 
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
@@ -83,6 +84,8 @@ def parse_manifest(raw: bytes, content_type: str | None, digest_algorithm: str =
         return ParsedManifest(media_type, digest, len(raw), (), children, subject, artifact_type, None, annotations)
     config = _descriptor(document.get("config"), "config")
     layers = tuple(_descriptor(item, "layers[]") for item in _list(document, "layers"))
+    if sum(layer.size for layer in layers) > MAX_INT64:  # the image's size is stored as a 64-bit integer
+        raise ManifestInvalid(f"the layers' sizes add up to more than {MAX_INT64} bytes")
     return ParsedManifest(
         media_type,
         digest,
@@ -97,15 +100,40 @@ def parse_manifest(raw: bytes, content_type: str | None, digest_algorithm: str =
 
 
 def _load_json_object(raw: bytes) -> dict[str, Any]:
+    """Strict RFC 8259 JSON: UTF-8 without a byte order mark, no duplicate member names, no NaN/Infinity.
+
+    `json.loads(bytes)` would also take UTF-16/32 and a UTF-8 BOM, and resolve duplicate keys last-wins;
+    another reader of the same bytes could then see a different manifest than the one checked here.
+    """
+    if b"\x00" in raw[:4]:  # how RFC 4627 §3 tells UTF-16/32 (no BOM) from UTF-8: JSON text starts with ASCII
+        raise ManifestInvalid("manifest is UTF-16 or UTF-32 (RFC 8259: JSON exchanged between systems is UTF-8)")
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestInvalid("manifest is not UTF-8 (RFC 8259: JSON exchanged between systems is UTF-8)") from None
+    if text.startswith("\ufeff"):
+        raise ManifestInvalid("manifest starts with a byte order mark (RFC 8259: JSON text must not)")
+    try:
+        document = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+    except ValueError as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     except RecursionError:
         raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
     return document
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        duplicate = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ManifestInvalid(f"manifest repeats the member {duplicate[:100]!r} in one object")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ManifestInvalid(f"manifest contains {name}, which is not JSON")
 
 
 def _resolve_media_type(document: dict[str, Any], content_type: str) -> str:
@@ -168,8 +196,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise ManifestInvalid(f"{where}.mediaType must be a non-empty string")
     if not isinstance(digest_text, str):
         raise ManifestInvalid(f"{where}.digest must be a string")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ManifestInvalid(f"{where}.size must be a non-negative integer")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_INT64:
+        raise ManifestInvalid(f"{where}.size must be an integer from 0 to {MAX_INT64}")
     try:
         digest = Digest.parse(digest_text)
     except (DigestInvalid, DigestUnsupported) as exc:

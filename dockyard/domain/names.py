@@ -61,6 +61,26 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
 
+# The largest count, size or offset anything here stores (a signed 64-bit column in SQLite and PostgreSQL).
+MAX_INT64: Final = 2**63 - 1
+_DECIMAL_RE: Final = re.compile(r"[0-9]+")
+
+
+def parse_decimal(text: str) -> int | None:
+    """A non-negative decimal integer of ASCII digits up to MAX_INT64, else None.
+
+    The length is bounded before `int()`: Python refuses (ValueError) to convert more than 4300 digits, and a
+    5,000-digit `n` or `Content-Range` must be a 4xx like any other bad number, not an unexpected error.
+    """
+    if _DECIMAL_RE.fullmatch(text) is None:
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_INT64)):
+        return None
+    value = int(digits)
+    return value if value <= MAX_INT64 else None
+
+
 def is_digest_reference(reference: str) -> bool:
     """A manifest reference is a digest when it contains a colon, a tag otherwise (spec section 1)."""
     return ":" in reference

@@ -797,6 +797,8 @@ def _load(source: str | Mapping[str, Any]) -> dict[str, Any]:
             document = json.loads(source, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
         except json.JSONDecodeError as error:
             _invalid("", f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})")
+        except (ValueError, RecursionError):  # a number of more than 4300 digits; nesting deeper than the stack
+            _invalid("", "not valid JSON (a number too long to read, or nesting too deep)")
     else:
         document = source
     if not isinstance(document, Mapping):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +23,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
     try:
         user, separator, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII header bytes (base64 refuses them)
         raise Unauthorized("malformed Basic credentials") from None
     if not separator:
         raise Unauthorized("malformed Basic credentials")

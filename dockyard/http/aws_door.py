@@ -19,6 +19,7 @@ from dockyard.domain.clock import Clock
 from dockyard.domain.errors import DockyardError, InvalidParameter, Unavailable
 from dockyard.domain.iam import Authenticator
 from dockyard.http import aws_json
+from dockyard.http.bodies import body_chunks
 from dockyard.http.errors import log
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
@@ -106,7 +107,7 @@ class AwsJsonDoor(Generic[C]):
 
     async def _read_body(self, request: Request) -> bytes:
         parts, total = [], 0
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request):
             total += len(chunk)
             if total > self.MAX_BODY:
                 raise InvalidParameter(f"the request body exceeds {self.MAX_BODY} bytes")

@@ -60,6 +60,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise SerializationError("Start of structure or map found where not expected, or invalid JSON") from None
     if not isinstance(document, dict):
         raise SerializationError("the request body must be a JSON object")
+    try:  # an escaped lone surrogate (`"\\ud800"`) parses, but no store or UTF-8 encoder takes it
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise SerializationError("the request body contains an unpaired UTF-16 surrogate") from None
     return document
 
 
@@ -135,7 +139,10 @@ def _validate_scalar(shape: Shape, value: Any, path: str) -> Any:
     if kind == "timestamp":
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise _invalid(path, "must be a timestamp in epoch seconds")
-        return datetime.fromtimestamp(value).astimezone()
+        try:
+            return datetime.fromtimestamp(value).astimezone()
+        except (OverflowError, OSError, ValueError):  # beyond year 9999, or NaN
+            raise _invalid(path, "must be a timestamp in epoch seconds within years 1-9999") from None
     if kind == "blob":
         return _decode_blob(shape, value, path)
     raise _invalid(path, f"unsupported type {kind}")
@@ -226,6 +233,8 @@ def error_response(error: DockyardError) -> Response:
     status = 500 if error.ecr_exception == "ServerException" else 400
     if isinstance(error, InsufficientStorage):
         status = error.http_status  # 507: a full disk, not a bug; the same status as on the registry door
+    if error.http_status == 501:  # a transfer coding the server does not implement (RFC 9112 §6.1)
+        status = 501
     if error.http_status in (401, 403) and error.ecr_exception in ("AccessDeniedException",):
         status = error.http_status
     if error.ecr_exception == "ServiceUnavailableException":  # AWS SDKs retry a 503 (after its Retry-After)

@@ -27,7 +27,7 @@ from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, I
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.lifecycle_runs import LifecycleRunner
-from dockyard.domain.names import PUBLIC_REGION, Digest, RegistryId, RepositoryRef
+from dockyard.domain.names import PUBLIC_REGION, Digest, RegistryId, RepositoryRef, parse_decimal
 from dockyard.domain.policies import Policy
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
@@ -323,7 +323,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         if status in ("TAGGED", "UNTAGGED"):
             results = [r for r in results if bool(r.get("imageTags")) == (status == "TAGGED")]
         after, limit = _page(call)
-        start = int(after) if after else 0
+        start = _offset(after)
         page = results[start : start + limit]
         next_token = _token(str(start + limit)) if start + limit < len(results) else None
         return self._repository_document(
@@ -371,7 +371,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         if scan.status == "COMPLETE":
             document = json.loads(scan.findings or "{}")
             after, limit = _page(call)
-            start = int(after) if after else 0
+            start = _offset(after)
             findings = document.get("findings", [])
             result["imageScanFindings"] = {
                 "imageScanCompletedAt": scan.completed_at,
@@ -663,10 +663,20 @@ def _page(call: EcrCall) -> tuple[str | None, int]:
         try:
             after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
         except (ValueError, KeyError, TypeError):
-            raise InvalidParameter(
-                "Invalid parameter at 'nextToken' failed to satisfy constraint: 'invalid token'"
-            ) from None
+            after = None
+        if not isinstance(after, str) or not after:  # tokens are ours, but a client can send anything
+            raise InvalidParameter("Invalid parameter at 'nextToken' failed to satisfy constraint: 'invalid token'")
     return after, int(call.params.get("maxResults", DEFAULT_PAGE))
+
+
+def _offset(after: str | None) -> int:
+    """The position a paging token of an in-memory list names."""
+    if after is None:
+        return 0
+    start = parse_decimal(after)
+    if start is None:
+        raise InvalidParameter("Invalid parameter at 'nextToken' failed to satisfy constraint: 'invalid token'")
+    return start
 
 
 def _token(after: str) -> str:

@@ -24,9 +24,11 @@ from starlette.types import Receive, Scope, Send
 from dockyard.domain.accounts import Accounts, InvalidInput
 from dockyard.domain.errors import DockyardError, ErrorKind, Unavailable
 from dockyard.domain.iam import Authenticator, Authorizer, Principal
+from dockyard.domain.names import parse_decimal
 from dockyard.domain.ports import AccessKeyInfo, IamUser
 from dockyard.http import aws_json
 from dockyard.http.auth import request_context
+from dockyard.http.bodies import body_chunks
 from dockyard.http.errors import log
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import LATENCY, REQUESTS
@@ -45,6 +47,7 @@ _QUERY_CODES: Final = {
     "IncompleteSignatureException": "IncompleteSignature",
     "ExpiredTokenException": "ExpiredToken",
     "ServerException": "ServiceFailure",
+    "SerializationException": "MalformedQueryString",
 }
 
 
@@ -198,7 +201,7 @@ class QueryDoor:
 
 async def _read_body(request: Request) -> bytes:
     parts, total = [], 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         total += len(chunk)
         if total > MAX_BODY:
             raise InvalidInput(f"the request body exceeds {MAX_BODY} bytes")
@@ -225,9 +228,10 @@ def _check_input(operation: OperationModel, params: dict[str, str]) -> None:
 
 
 def _integer(name: str, text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise InvalidInput(f"{name} must be an integer")
-    return int(text)
+    number = parse_decimal(text)
+    if number is None:
+        raise InvalidInput(f"{name} must be a non-negative integer of at most 19 digits")
+    return number
 
 
 def _paged(member: str, items: list[Any], params: dict[str, str], key: Callable[[Any], str]) -> dict[str, Any]:
@@ -307,5 +311,5 @@ def _error_response(error: DockyardError, service: str) -> Response:
         f'<ErrorResponse xmlns="{namespace}"><Error><Type>{fault}</Type><Code>{escape(code)}</Code>'
         f"<Message>{escape(error.message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
     )
-    status = error.http_status if error.http_status in (400, 403, 404, 409, 500, 503) else 400
+    status = error.http_status if error.http_status in (400, 403, 404, 409, 500, 501, 503) else 400
     return Response(body.encode(), status_code=status, media_type="text/xml", headers={"x-amzn-RequestId": request_id})

@@ -25,6 +25,7 @@ from dockyard.domain.errors import (
     Denied,
     DigestInvalid,
     DockyardError,
+    ManifestInvalid,
     ManifestTooLarge,
     NameUnknown,
     RangeInvalid,
@@ -35,18 +36,21 @@ from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principa
 from dockyard.domain.images import BlobAppender, Registry, page_size
 from dockyard.domain.manifests import MAX_MANIFEST_BYTES
 from dockyard.domain.names import (
+    MAX_INT64,
     PUBLIC_PATH_PREFIX,
     PUBLIC_REGION,
     Digest,
     RegistryId,
     RepositoryRef,
     check_repository_name,
+    parse_decimal,
     registry_from_host,
 )
 from dockyard.domain.ports import BlobStore
 from dockyard.domain.registry_tokens import BearerGrant, RegistryTokens, parse_scopes
 from dockyard.domain.usage import UsageMeter
 from dockyard.http.auth import INSUFFICIENT_SCOPE, Caller, password_caller, registry_caller, request_context
+from dockyard.http.bodies import BodyIncomplete, body_chunks, check_transfer_coding
 from dockyard.http.errors import oci_error_response, unexpected_error_response
 from dockyard.http.logs import note_principal
 from dockyard.http.metrics import BYTES_RECEIVED, BYTES_SENT, LATENCY, REQUESTS
@@ -189,6 +193,7 @@ class RegistryDoor:
     async def dispatch(self, request: Request, trace: Trace) -> Response:
         """Route the request; `trace` learns the route (metrics) and the scope it needs (challenges)."""
         path = request.url.path
+        check_transfer_coding(request.headers)  # framing first: before the route or the credentials are read
         if path == "/token":
             trace.route = "token"
             return await self.token_endpoint(request)
@@ -462,7 +467,9 @@ class RegistryDoor:
         match = _CONTENT_RANGE_RE.fullmatch(header.strip())
         if match is None:
             raise BlobUploadInvalid(f"malformed Content-Range {header!r}; expected <start>-<end>")
-        start, end = int(match.group(1)), int(match.group(2))
+        start, end = parse_decimal(match.group(1)), parse_decimal(match.group(2))
+        if start is None or end is None:
+            raise BlobUploadInvalid(f"Content-Range {header[:80]!r} names a position beyond any blob")
         declared = _content_length(call.request)
         if end < start or (declared is not None and declared != end - start + 1):
             raise BlobUploadInvalid(f"Content-Range {header!r} does not match Content-Length {declared}")
@@ -529,7 +536,10 @@ class RegistryDoor:
 
     async def put_manifest(self, call: Call) -> Response:
         self.authorize(call, "ecr:PutImage")
-        raw = await read_limited(call.request, MAX_MANIFEST_BYTES)
+        try:
+            raw = await read_limited(call.request, MAX_MANIFEST_BYTES)
+        except BodyIncomplete as error:
+            raise ManifestInvalid(error.message) from None
         tag_params = call.request.query_params.getlist("tag")
         pushed = await run_in_threadpool(
             self.registry.put_manifest,
@@ -583,7 +593,7 @@ async def receive_into(request: Request, appender: BlobAppender) -> int:
     received = 0
     pending: asyncio.Future[None] | None = None
     try:
-        async for batch in _batches(request.stream(), WRITE_BATCH):
+        async for batch in _batches(body_chunks(request), WRITE_BATCH):
             if pending is not None:
                 await pending
             pending = asyncio.ensure_future(run_in_threadpool(appender.write, batch))
@@ -630,7 +640,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
         raise ManifestTooLarge(f"manifest of {declared} bytes exceeds the {limit}-byte limit")
     parts: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         total += len(chunk)
         if total > limit:
             raise ManifestTooLarge(f"manifest exceeds the {limit}-byte limit")
@@ -642,9 +652,10 @@ def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise BlobUploadInvalid(f"malformed Content-Length {value!r}")
-    return int(value)
+    length = parse_decimal(value)
+    if length is None:
+        raise BlobUploadInvalid(f"malformed Content-Length {value[:80]!r}")
+    return length
 
 
 # ---------------------------------------------------------------------------------------- responses
@@ -704,14 +715,20 @@ def _requested_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "" and last == "":
         return None
     if first == "":
-        start, end = max(size - int(last), 0), size - 1
+        start, end = max(size - _position(last), 0), size - 1
     else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        start, end = _position(first), min(_position(last), size - 1) if last else size - 1
     if start >= size or end < start:
         raise RangeNotSatisfiable(
             f"range {header!r} is outside the blob of {size} bytes", headers={"Content-Range": f"bytes */{size}"}
         )
     return start, end
+
+
+def _position(digits: str) -> int:
+    """A byte position of a `Range` header; one past any blob's end stands for any larger number."""
+    position = parse_decimal(digits)
+    return MAX_INT64 if position is None else position
 
 
 def _head_response(

@@ -165,7 +165,9 @@ def _parse_query(query: list[tuple[str, str]]) -> _Parsed:
     if missing or params["X-Amz-Algorithm"] != ALGORITHM:
         raise IncompleteSignature(f"presigned request lacks {', '.join(missing) or 'a supported X-Amz-Algorithm'}")
     expires_text = params.get("X-Amz-Expires", "")
-    if not (expires_text.isascii() and expires_text.isdigit()) or not 1 <= int(expires_text) <= MAX_PRESIGNED_EXPIRY:
+    # The length is bounded before int(): Python refuses to convert more than 4300 digits (ValueError).
+    well_formed = expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 7
+    if not well_formed or not 1 <= int(expires_text) <= MAX_PRESIGNED_EXPIRY:
         raise IncompleteSignature("X-Amz-Expires must be between 1 and 604800 seconds")
     if not re.fullmatch(r"[0-9a-f]{64}", params["X-Amz-Signature"]):
         raise IncompleteSignature("X-Amz-Signature is malformed")

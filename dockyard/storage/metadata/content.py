@@ -54,6 +54,18 @@ class ContentRecords(StoreBase):
             ).scalar()
         return size
 
+    def linked_blob_sizes(self, repository_id: int, digests: Iterable[Digest]) -> dict[Digest, int]:
+        wanted = sorted({str(digest) for digest in digests})
+        if not wanted:
+            return {}
+        with self._read() as connection:
+            rows = connection.execute(
+                select(blobs.c.digest, blobs.c.size)
+                .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+                .where(repository_blobs.c.repository_id == repository_id, blobs.c.digest.in_(wanted))
+            ).all()
+        return {Digest.parse(row.digest): row.size for row in rows}
+
     def link_blob(self, repository_id: int, digest: Digest, size: int, now: datetime) -> None:
         with self._write() as connection:
             connection.execute(self._insert_ignore(blobs).values(digest=str(digest), size=size, created_at=now))

@@ -305,3 +305,54 @@ def test_arbitrary_documents_parse_or_are_invalid(document: dict[str, Any], cont
 def test_arbitrary_bytes_parse_or_are_invalid(raw: bytes) -> None:
     with contextlib.suppress(ManifestInvalid):
         parse_manifest(raw, None)
+
+
+# ------------------------------------------------------------------------------------------ JSON interchange
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_are_refused(encoding: str) -> None:
+    """RFC 8259 §8.1: JSON exchanged between systems is UTF-8 (json.loads(bytes) would take these)."""
+    with pytest.raises(ManifestInvalid, match="UTF-8"):
+        parse_manifest(json.dumps(image()).encode(encoding), None)
+
+
+def test_a_byte_order_mark_is_refused() -> None:
+    with pytest.raises(ManifestInvalid, match="byte order mark"):
+        parse_manifest(b"\xef\xbb\xbf" + json.dumps(image()).encode(), None)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_refused(constant: str) -> None:
+    raw = json.dumps(image()).replace('"schemaVersion": 2', f'"schemaVersion": 2, "x": {constant}').encode()
+    with pytest.raises(ManifestInvalid, match=constant.lstrip("-")):
+        parse_manifest(raw, None)
+
+
+member_names = st.text(alphabet="abcdefLayers", min_size=1, max_size=6)
+
+
+@given(st.lists(st.tuples(member_names, st.integers()), min_size=1, max_size=6), st.booleans())
+def test_duplicate_members_are_refused_at_any_depth(pairs: list[tuple[str, int]], nested: bool) -> None:
+    """Last-wins would let two readers of one manifest see different content; any repeated name is refused."""
+    members = "{" + ", ".join(f'"{name}": {value}' for name, value in pairs) + "}"
+    duplicated = len({name for name, _ in pairs}) < len(pairs)
+    raw = json.dumps(image(layers=[desc(D2) | {"x": "@"}]) if nested else {"x": "@", **image()})
+    try:
+        parse_manifest(raw.replace('"@"', members).encode(), OCI_MANIFEST)
+    except ManifestInvalid as error:
+        assert "repeats" in str(error) or not duplicated
+    else:
+        assert not duplicated
+
+
+@given(st.integers(min_value=2**63, max_value=2**80) | st.integers(max_value=-1))
+def test_descriptor_sizes_outside_64_bits_are_refused(size: int) -> None:
+    with pytest.raises(ManifestInvalid, match="size"):
+        parse(image(layers=[desc(D2) | {"size": size}]), OCI_MANIFEST)
+
+
+def test_layer_sizes_must_add_up_within_64_bits() -> None:
+    parse(image(layers=[desc(D2) | {"size": 2**62}, desc(D3) | {"size": 2**62 - 1}]), OCI_MANIFEST)
+    with pytest.raises(ManifestInvalid, match="add up"):
+        parse(image(layers=[desc(D2) | {"size": 2**62}, desc(D3) | {"size": 2**62}]), OCI_MANIFEST)

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from dockyard.domain.errors import DigestInvalid, DigestUnsupported, NameInvalid, TagInvalid
 from dockyard.domain.names import (
+    MAX_INT64,
     Digest,
     check_repository_name,
     check_tag,
     is_digest_reference,
+    parse_decimal,
     registry_from_host,
 )
 
@@ -256,3 +258,32 @@ def test_registry_from_host(host: str, expected: tuple[str, str] | None) -> None
 def test_registry_host_round_trips(account: str, words: list[str], number: int, domain: str) -> None:
     region = "-".join(["us", *words, str(number)])
     assert registry_from_host(f"{account}.dkr.ecr.{region}.{domain}") == (account, region)
+
+
+# ------------------------------------------------------------------------------------------ bounded integers
+
+
+@given(st.integers(min_value=0, max_value=MAX_INT64), st.integers(min_value=0, max_value=5000))
+def test_parse_decimal_reads_every_64_bit_count(value: int, zeros: int) -> None:
+    assert parse_decimal("0" * zeros + str(value)) == value
+
+
+@given(st.integers(min_value=MAX_INT64 + 1, max_value=10**4000))
+def test_parse_decimal_refuses_numbers_beyond_64_bits(value: int) -> None:
+    assert parse_decimal(str(value)) is None
+
+
+@given(st.text(max_size=12))
+def test_parse_decimal_takes_only_ascii_digits(text: str) -> None:
+    """Unicode digits (`²`, Arabic-Indic) pass str.isdigit() but are no decimal number on the wire."""
+    parsed = parse_decimal(text)
+    if text and all(c in string.digits for c in text):
+        assert parsed == int(text)
+    else:
+        assert parsed is None
+
+
+def test_parse_decimal_is_bounded_before_int() -> None:
+    """int() raises beyond 4300 digits: the bound must come first."""
+    assert parse_decimal("9" * 5000) is None
+    assert parse_decimal("0" * 5000) == 0

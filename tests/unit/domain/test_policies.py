@@ -133,6 +133,8 @@ def test_principal_forms(principal: Any, everyone: bool, aws: set[str], others: 
 
 INVALID = [
     ("not-json", "{", "identity", "not valid JSON"),
+    ("huge-number", '{"Version": ' + "9" * 5000 + "}", "identity", "not valid JSON"),  # int() refuses > 4300 digits
+    ("deep-nesting", "[" * 100_000, "identity", "not valid JSON"),
     ("array", "[]", "identity", "must be a JSON object"),
     ("duplicate-key", '{"Statement": [], "Statement": []}', "identity", "duplicate key(s) Statement"),
     ("nan", '{"Version": NaN}', "identity", "NaN is not a valid JSON value"),
