@@ -1,4 +1,4 @@
-"""External clients for end-to-end tests: skopeo, podman, umoci (Debian packages) and server-side metrics.
+"""External clients for end-to-end tests: skopeo, podman, umoci, containerd (Debian packages), server metrics.
 
 A missing tool fails the test with the package to install: CI installs them, so a skip would hide a gap.
 """
@@ -22,7 +22,13 @@ from tests.support.server import ServerProcess
 # Every external command is bounded: a hung client fails the test instead of hanging the suite.
 COMMAND_TIMEOUT = 90.0
 
-DEBIAN_PACKAGES = {"skopeo": "skopeo", "podman": "podman", "umoci": "umoci"}
+DEBIAN_PACKAGES = {
+    "skopeo": "skopeo",
+    "podman": "podman",
+    "umoci": "umoci",
+    "containerd": "containerd",
+    "ctr": "containerd",
+}
 
 
 def require_tool(name: str) -> str:
