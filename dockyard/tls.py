@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -36,6 +37,8 @@ RENEW_BEFORE: Final = datetime.timedelta(days=30)  # a server certificate this c
 CLOCK_SKEW: Final = datetime.timedelta(hours=1)  # valid from a little before now: clients with a slow clock
 ALWAYS_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (addresses compared, not bound)
+
+DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 SubjectName = x509.DNSName | x509.IPAddress
 
@@ -89,14 +92,10 @@ def _canonical_name(name: str) -> str:
         return str(ipaddress.ip_address(stripped.strip("[]")))
     label = stripped.lower().rstrip(".")
     parts = label.split(".")
-    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-    valid = (
-        0 < len(label) <= 253
-        and all(0 < len(part) <= 63 and set(part) <= allowed and not part.startswith("-") for part in parts[1:])
-        and (parts[0] == "*" or (0 < len(parts[0]) <= 63 and set(parts[0]) <= allowed))
-        and (parts[0] != "*" or len(parts) > 2)
-    )
-    if not valid:
+    # RFC 1123 labels; a wildcard only as the whole leftmost label, and not directly over a top-level domain.
+    wildcard = parts[0] == "*" and len(parts) > 2
+    labels = parts[1:] if wildcard else parts
+    if len(label) > 253 or not all(DNS_LABEL.fullmatch(part) for part in labels):
         raise TlsError(f"--tls-san {name!r}: neither an IP address nor a DNS name")
     return label
 
