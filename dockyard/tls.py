@@ -31,7 +31,7 @@ from dockyard.storage.private import create_private_file, private_directory
 
 TLS_DIRECTORY: Final = "tls"
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
-# 397 days: the longest server certificate Apple's TLS stack accepts (it applies that to private CAs too).
+# 397 days: what public CAs may issue, well under the 825 days Apple's TLS stack accepts even from a private CA.
 SERVER_LIFETIME: Final = datetime.timedelta(days=397)
 RENEW_BEFORE: Final = datetime.timedelta(days=30)  # a server certificate this close to its end is re-issued
 CLOCK_SKEW: Final = datetime.timedelta(hours=1)  # valid from a little before now: clients with a slow clock
