@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support.clients import boto_client
+from tests.support.clients import AwsCli, boto_client
 from tests.support.iam import Keys, policy, statement
 from tests.support.images import single_image_layout
 from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, ServerProcess
@@ -112,6 +112,17 @@ def test_boto3_ecr_verifies_the_ca(tls_server: ServerProcess, skopeo: Skopeo, tm
     assert [(image["imageDigest"], image["imageTags"]) for image in images] == [(digest, ["v1"])]
     token = ecr.get_authorization_token()["authorizationData"][0]
     assert token["proxyEndpoint"] == f"https://127.0.0.1:{tls_server.port}"  # the scheme the request came in on
+
+
+def test_aws_cli_trusts_the_ca_from_aws_ca_bundle(tls_server: ServerProcess, tmp_path: Path) -> None:
+    aws = AwsCli(tls_server, tmp_path / "aws", ROOT)
+    repository = unique("team/cli")
+    refused = aws("ecr", "create-repository", "--repository-name", repository)
+    assert refused.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr, describe(refused)
+    aws.env["AWS_CA_BUNDLE"] = str(tls_server.ca)
+    created = aws.json("ecr", "create-repository", "--repository-name", repository)
+    assert created["repository"]["repositoryName"] == repository
 
 
 def test_tls_1_2_and_1_3_clients_are_served_and_the_names_are_certified(tls_server: ServerProcess) -> None:
