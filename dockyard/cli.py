@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,7 @@ from dockyard.domain.names import check_account, check_region
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import Services, prepare, write_private_file
 from dockyard.storage.private import UMASK, private_directory
+from dockyard.tls import TlsError, TlsFiles, check_files, self_signed, subject_names
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
 console = Console(stderr=True)
@@ -49,6 +51,16 @@ app.add_typer(ops_cli.scan_db_app, name="scan-db")
 class AuthChallenge(StrEnum):
     basic = "basic"
     bearer = "bearer"
+
+
+class TlsMode(StrEnum):
+    off = "off"
+    self_signed = "self-signed"
+
+
+class TlsVersion(StrEnum):
+    v1_2 = "1.2"
+    v1_3 = "1.3"
 
 
 @app.callback()
@@ -160,6 +172,23 @@ def serve(
             "refused). Default: the regions of AWS's aws partition, from the installed botocore.",
         ),
     ] = None,
+    tls: Annotated[
+        TlsMode,
+        typer.Option(
+            help="self-signed: serve HTTPS with a certificate from a CA made in DATA_DIR/tls (trust its ca.crt)."
+        ),
+    ] = TlsMode.off,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The PEM private key of --tls-cert.")] = None,
+    tls_san: Annotated[
+        list[str] | None,
+        typer.Option(help="With --tls self-signed: one more DNS name or IP address to certify (repeatable)."),
+    ] = None,
+    tls_min_version: Annotated[TlsVersion, typer.Option(help="The oldest TLS version clients may use.")] = (
+        TlsVersion.v1_2
+    ),
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     served = _regions_option(regions, default_region)
@@ -192,6 +221,7 @@ def serve(
         shutdown_grace=shutdown_grace,
         regions=served,
     )
+    settings, tls_files = _tls_settings(settings, tls, tls_cert, tls_key, tls_san or [], tls_min_version)
     services = prepare(settings)
     try:
         credentials = _bootstrap_credentials(services, settings)
@@ -199,8 +229,50 @@ def serve(
         console.print(f"[red]Cannot start:[/] {error}")
         raise typer.Exit(1) from None
     _announce(settings, credentials)
+    _announce_tls(tls_files, settings)
     os.environ[SETTINGS_ENV] = settings.to_environment()
     _run_server(settings)
+
+
+def _tls_settings(
+    settings: Settings, mode: TlsMode, cert: Path | None, key: Path | None, sans: list[str], minimum: TlsVersion
+) -> tuple[Settings, TlsFiles | None]:
+    """The settings with the certificate and key to serve HTTPS with (checked, or made), if TLS is asked for."""
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
+    if cert is not None and mode is TlsMode.self_signed:
+        raise typer.BadParameter("either --tls self-signed or --tls-cert/--tls-key, not both", param_hint="--tls")
+    if sans and mode is not TlsMode.self_signed:
+        raise typer.BadParameter("names are certified only with --tls self-signed", param_hint="--tls-san")
+    try:
+        if cert is not None and key is not None:
+            files = check_files(cert, key)
+        elif mode is TlsMode.self_signed:
+            names = subject_names(settings.host, sans)
+            files = self_signed(settings.data_dir, names, utc_now())
+        else:
+            return settings, None
+    except TlsError as error:
+        console.print(f"[red]Cannot start:[/] {error}")
+        raise typer.Exit(2) from None
+    served = replace(settings, tls_cert=str(files.cert), tls_key=str(files.key), tls_min_version=minimum.value)
+    return served, files
+
+
+def _announce_tls(files: TlsFiles | None, settings: Settings) -> None:
+    """How clients trust the CA Dockyard made (a certificate given by --tls-cert is trusted as its issuer is)."""
+    if files is None or files.ca is None:
+        return
+    where = settings.public_url.split("://", 1)[1]
+    lines = [
+        f"TLS: certificates signed by the CA {files.ca} (copy it to clients and trust it):",
+        f"  skopeo/podman: --cert-dir DIR holding ca.crt, or /etc/containers/certs.d/{where}/ca.crt",
+        f"  docker:        /etc/docker/certs.d/{where}/ca.crt",
+        f'  containerd:    /etc/containerd/certs.d/{where}/hosts.toml: [host."https://{where}"] ca = "/path/ca.crt"',
+        "  aws CLI/boto3: --ca-bundle /path/ca.crt or AWS_CA_BUNDLE; boto3.client(..., verify='/path/ca.crt')",
+    ]
+    for line in lines:  # unwrapped and unstyled: each is copied as it stands
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _access_log_destination(value: str) -> str:
@@ -270,8 +342,9 @@ def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
         console.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
     else:
         console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
-    host = settings.public_url.removeprefix("http://")
-    console.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
+    host = settings.public_url.split("://", 1)[1]
+    verify = "" if settings.tls_cert else "--tls-verify=false "
+    console.print(f"Log in: skopeo login {verify}--username <access key id> {host}")
 
 
 def main() -> None:

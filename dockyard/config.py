@@ -69,6 +69,9 @@ class Settings:
     access_log: str = "stderr"  # one JSON line per request: "stderr", "off", or a file path
     shutdown_grace: float = 30.0  # seconds requests in flight get to finish after SIGTERM/SIGINT
     regions: tuple[str, ...] = AWS_REGIONS  # the regions served; requests scoped to another are refused
+    tls_cert: str | None = None  # PEM certificate chain: HTTPS when set (with tls_key)
+    tls_key: str | None = None
+    tls_min_version: str = "1.2"  # "1.2" or "1.3": the oldest TLS version a client may use
 
     @property
     def database(self) -> str:
@@ -81,7 +84,7 @@ class Settings:
     @property
     def public_url(self) -> str:
         host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def to_environment(self) -> str:
         values = asdict(self)

@@ -24,9 +24,10 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from granian.constants import Interfaces
+from granian.constants import Interfaces, SSLProtocols
 from granian.log import logger
 from granian.server.mp import MPServer
 
@@ -145,7 +146,17 @@ def main() -> None:
         log_access=False,
         workers_kill_timeout=KILL_TIMEOUT_SECONDS,
         shutdown_grace=settings.shutdown_grace,
+        **tls_options(settings),
     ).serve()
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """Granian's HTTPS options. Its minimum is TLS 1.3 unless told; Dockyard's is 1.2 (as AWS's endpoints):
+    older Java, .NET and proxy stacks still stop there, and 1.2 with rustls offers only AEAD ECDHE suites."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {}
+    minimum = SSLProtocols.tls13 if settings.tls_min_version == "1.3" else SSLProtocols.tls12
+    return {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key), "ssl_protocol_min": minimum}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ OWNED_NAMES: Final = frozenset(
         "audit.log",
         "events.log",
         "storage",
+        "tls",
         ".owner-only",
     }
 )

@@ -28,7 +28,8 @@ def boto_client(server: ServerProcess, service: str, keys: Keys, region: str = R
         aws_access_key_id=keys.access_key_id, aws_secret_access_key=keys.secret, region_name=region
     )
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
-    return session.client(service, endpoint_url=server.url, config=config)
+    verify = str(server.ca) if server.ca else None  # over HTTPS, the server's CA only
+    return session.client(service, endpoint_url=server.url, config=config, verify=verify)
 
 
 def ecr_password(ecr: Any) -> str:

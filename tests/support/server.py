@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,10 +36,21 @@ class ServerProcess:
     environment: dict[str, str] = field(default_factory=dict)  # more environment variables for the server
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # HTTPS: the server is started with TLS flags (in extra_args) and this directory holds the CA to trust as
+    # ca.crt (what skopeo's --cert-dir takes); with `--tls self-signed` it is the server's own <data-dir>/tls.
+    cert_dir: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.cert_dir else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path | None:
+        return self.cert_dir / "ca.crt" if self.cert_dir else None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx needs to verify this server: its CA over HTTPS (so nothing else is trusted)."""
+        return True if self.ca is None else ssl.create_default_context(cafile=self.ca)
 
     @property
     def host(self) -> str:
@@ -54,7 +66,7 @@ class ServerProcess:
         return {"Authorization": f"Basic {token}"}
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.auth_header, timeout=60)
+        return httpx.Client(base_url=self.url, headers=self.auth_header, timeout=60, verify=self.verify())
 
     def start(self) -> ServerProcess:
         env = dict(os.environ)
@@ -93,8 +105,11 @@ class ServerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"dockyard serve exited early (code {self.process.returncode}):\n{self.log()}")
+            if self.ca is not None and not self.ca.exists():  # `--tls self-signed` has not made it yet
+                time.sleep(0.05)
+                continue
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify()).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -1,4 +1,4 @@
-"""External clients for end-to-end tests: skopeo, podman, umoci (Debian packages) and server-side metrics.
+"""External clients for end-to-end tests: skopeo, podman, umoci, containerd (Debian packages), server metrics.
 
 A missing tool fails the test with the package to install: CI installs them, so a skip would hide a gap.
 """
@@ -22,7 +22,13 @@ from tests.support.server import ServerProcess
 # Every external command is bounded: a hung client fails the test instead of hanging the suite.
 COMMAND_TIMEOUT = 90.0
 
-DEBIAN_PACKAGES = {"skopeo": "skopeo", "podman": "podman", "umoci": "umoci"}
+DEBIAN_PACKAGES = {
+    "skopeo": "skopeo",
+    "podman": "podman",
+    "umoci": "umoci",
+    "containerd": "containerd",
+    "ctr": "containerd",
+}
 
 
 def require_tool(name: str) -> str:
@@ -74,26 +80,33 @@ class Skopeo:
     def push(self, server: ServerProcess, source: str, target: str, *extra: str) -> None:
         """Copy `source` (e.g. oci:DIR:tag) to docker://<server>/<target> with the root credentials."""
         self.ok(
-            "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", server.creds, *extra,
+            "copy", "--quiet", *tls_flags(server, "dest-"), "--dest-creds", server.creds, *extra,
             source, f"docker://{server.host}/{target}",
         )  # fmt: skip
 
     def pull(self, server: ServerProcess, source: str, target: str, *extra: str) -> None:
         """Copy docker://<server>/<source> to `target` (e.g. oci:DIR:tag) with the root credentials."""
         self.ok(
-            "copy", "--quiet", "--src-tls-verify=false", "--src-creds", server.creds, *extra,
+            "copy", "--quiet", *tls_flags(server, "src-"), "--src-creds", server.creds, *extra,
             f"docker://{server.host}/{source}", target,
         )  # fmt: skip
 
     def inspect_raw(self, server: ServerProcess, reference: str) -> bytes:
         """The manifest bytes `skopeo inspect --raw` prints, exactly as the registry served them."""
         command = [
-            self.binary, "--policy", str(self.policy), "inspect", "--raw", "--tls-verify=false",
+            self.binary, "--policy", str(self.policy), "inspect", "--raw", *tls_flags(server),
             "--creds", server.creds, f"docker://{server.host}/{reference}",
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
         assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{result.stderr.decode()}"
         return result.stdout
+
+
+def tls_flags(server: ServerProcess, prefix: str = "") -> list[str]:
+    """skopeo's flags for reaching `server`: verifying its CA over HTTPS, plain HTTP otherwise."""
+    if server.cert_dir is None:
+        return [f"--{prefix}tls-verify=false"]
+    return [f"--{prefix}cert-dir", str(server.cert_dir)]
 
 
 # Metric sample key: (route, method, status)
@@ -102,7 +115,7 @@ RequestKey = tuple[str, str, str]
 
 def request_counts(server: ServerProcess) -> Counter[RequestKey]:
     """`dockyard_http_requests_total` of the registry door, read from the server's /metrics."""
-    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    response = httpx.get(f"{server.url}/metrics", timeout=10, verify=server.verify())
     assert response.status_code == 200, response.text
     counts: Counter[RequestKey] = Counter()
     for family in text_string_to_metric_families(response.text):
