@@ -32,6 +32,7 @@ OWNED_NAMES: Final = frozenset(
         "events.log",
         "storage",
         ".owner-only",
+        ".lock",  # a server's hold on the data directory (dockyard.exclusive)
     }
 )
 NARROWED_MARK: Final = ".owner-only"  # this version narrowed the blob tree: what it adds is created owner-only
