@@ -109,7 +109,8 @@ def lock_data_dir(data_dir: Path) -> int:
                 EXIT_DATA_DIR_IN_USE,
             ) from None
         except OSError as error:  # a file system without locks: two servers could not be kept apart
-            raise Refused(f"cannot lock the data directory {data_dir}: {error.strerror}", EXIT_DATA_DIR_IN_USE) from None
+            reason = f"cannot lock the data directory {data_dir}: {error.strerror}"
+            raise Refused(reason, EXIT_DATA_DIR_IN_USE) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # the exec keeps the PID: it stays the server's
     except BaseException:

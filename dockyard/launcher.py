@@ -68,10 +68,12 @@ class Supervisor(MPServer):
     def _init_shared_socket(self) -> None:
         # Granian's way on platforms without SO_REUSEPORT: no spec for each worker to bind, the one socket's
         # holder instead (workers are forked: each inherits the descriptor); Granian closes it at shutdown.
-        self._ssp = None
-        self._shd = SocketHolder(self.listener.fileno(), False, self.backlog)
-        self._sfd = self.listener.fileno()
-        self._sso = self.listener
+        server: Any = self  # Granian's servers carry no type hints (these attributes are typed None)
+        holder: Any = SocketHolder  # its stub lacks the constructor: (fd, uds, backlog)
+        server._ssp = None
+        server._shd = holder(self.listener.fileno(), False, self.backlog)
+        server._sfd = self.listener.fileno()
+        server._sso = self.listener
 
     def _serve_loop(self, spawn_target: Any, target_loader: Any) -> None:
         while True:
@@ -157,7 +159,7 @@ def main() -> None:
         try:
             held = claim(settings.data_dir, settings.host, settings.port)
         except Refused as refused:
-            print(f"dockyard: {refused}", file=sys.stderr)  # noqa: T201 (the one line, before any logging)
+            print(f"dockyard: {refused}", file=sys.stderr)  # the one line, before any logging
             sys.exit(refused.exit_code)
     Supervisor(
         "dockyard.launcher:worker_app",

@@ -132,13 +132,13 @@ def test_the_workers_share_one_socket_and_each_serves(tmp_path: Path) -> None:
         while len(workers := [int(pid) for pid in children.read_text().split()]) < 2:
             assert time.monotonic() < deadline, "the second worker never started"
             time.sleep(0.05)  # polling for the worker to exist, not dodging a race
-        assert listening_sockets(server.port) == 1
         for paused in workers:
             os.kill(paused, signal.SIGSTOP)
             try:
                 assert statuses(server, 10) == [200] * 10, f"with worker {paused} stopped"
             finally:
                 os.kill(paused, signal.SIGCONT)
+        assert listening_sockets(server.port) == 1  # both workers listen by now: on one socket
         result = serve_expecting_refusal(tmp_path / "second", server.port)
         assert_refused(result, EXIT_CANNOT_LISTEN, busy_port_line(server.port), tmp_path / "second")
     finally:
