@@ -32,6 +32,7 @@ from dockyard.domain.clock import utc_now
 from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
 from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
+from dockyard.exclusive import Held, Refused, claimed
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.server import Services, prepare, write_private_file
 from dockyard.storage.private import UMASK, private_directory
@@ -102,6 +103,7 @@ def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path("dockyard-data"),
@@ -194,6 +196,7 @@ def serve(
     served = _regions_option(regions, default_region)
     data_dir = data_dir.resolve()
     private_directory(data_dir)
+    _claim(ctx, data_dir, host, port)  # before anything is generated or printed
     account = default_account or remembered_account(data_dir) or _new_account_id()
     settings = Settings(
         data_dir,
@@ -273,6 +276,18 @@ def _announce_tls(files: TlsFiles | None, settings: Settings) -> None:
     ]
     for line in lines:  # unwrapped and unstyled: each is copied as it stands
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _claim(ctx: typer.Context, data_dir: Path, host: str, port: int) -> Held:
+    """The data directory and the address held for the server's life (handed over to the supervisor), or one
+    line and exit 3 (cannot listen) or 4 (the data directory is another server's)."""
+    try:
+        held = ctx.with_resource(claimed(data_dir, host, port))  # released if the start fails before the exec
+    except Refused as refused:
+        typer.echo(f"dockyard: {refused}", err=True)
+        raise typer.Exit(refused.exit_code) from None
+    held.hand_over()
+    return held
 
 
 def _access_log_destination(value: str) -> str:

@@ -16,6 +16,10 @@ that loop and keeps the rest of Granian (its worker processes, sockets and signa
   /readyz not ready, finish what is in flight, and leave when idle. Whatever is still running when the
   grace period ends gets Granian's stop (SIGTERM, then SIGKILL after `KILL_TIMEOUT_SECONDS`); an upload
   cut off then stays resumable from what reached the disk. A second SIGTERM/SIGINT ends the drain early.
+
+Granian would also bind one socket per worker with SO_REUSEPORT, so a second server on a busy port started
+silently and took a share of the connections. Here every worker accepts from the one socket `dockyard serve`
+bound (`dockyard.exclusive`).
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from granian._granian import SocketHolder
 from granian.constants import Interfaces, SSLProtocols
 from granian.log import logger
 from granian.server.mp import MPServer
 
 from dockyard.config import Settings
+from dockyard.exclusive import Refused, claim, taken_over
 
 if TYPE_CHECKING:
     from dockyard.server import Dockyard
@@ -51,11 +59,22 @@ def backoff(failures: int) -> float:
 class Supervisor(MPServer):
     """Granian's multi-process server with Dockyard's policy for dead workers and for stopping."""
 
-    def __init__(self, *args: Any, shutdown_grace: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, listener: socket.socket, shutdown_grace: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.listener = listener
         self.shutdown_grace = shutdown_grace
         self._failures: dict[int, int] = {}  # worker index -> deaths in a row, each soon after its start
         self._respawn_at: dict[int, float] = {}  # worker index -> when to replace it (monotonic)
+
+    def _init_shared_socket(self) -> None:
+        # Granian's way on platforms without SO_REUSEPORT: no spec for each worker to bind, the one socket's
+        # holder instead (workers are forked: each inherits the descriptor); Granian closes it at shutdown.
+        server: Any = self  # Granian's servers carry no type hints (these attributes are typed None)
+        holder: Any = SocketHolder  # its stub lacks the constructor: (fd, uds, backlog)
+        server._ssp = None
+        server._shd = holder(self.listener.fileno(), False, self.backlog)
+        server._sfd = self.listener.fileno()
+        server._sso = self.listener
 
     def _serve_loop(self, spawn_target: Any, target_loader: Any) -> None:
         while True:
@@ -136,6 +155,13 @@ def main() -> None:
     # Workers inherit this: one still starting ignores the drain signal (instead of dying of it) until
     # `worker_app` installs its handler.
     signal.signal(DRAIN_SIGNAL, signal.SIG_IGN)
+    held = taken_over()
+    if held is None:  # started directly, not exec'd by `dockyard serve`
+        try:
+            held = claim(settings.data_dir, settings.host, settings.port)
+        except Refused as refused:
+            print(f"dockyard: {refused}", file=sys.stderr)  # the one line, before any logging
+            sys.exit(refused.exit_code)
     Supervisor(
         "dockyard.launcher:worker_app",
         factory=True,
@@ -147,6 +173,7 @@ def main() -> None:
         workers_kill_timeout=KILL_TIMEOUT_SECONDS,
         shutdown_grace=settings.shutdown_grace,
         **tls_options(settings),
+        listener=held.listener,
     ).serve()
 
 

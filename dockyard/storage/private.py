@@ -33,6 +33,7 @@ OWNED_NAMES: Final = frozenset(
         "storage",
         "tls",
         ".owner-only",
+        ".lock",  # a server's hold on the data directory (dockyard.exclusive)
     }
 )
 NARROWED_MARK: Final = ".owner-only"  # this version narrowed the blob tree: what it adds is created owner-only

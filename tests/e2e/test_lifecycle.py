@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dockyard.config import MASTER_KEY_ENV
 from dockyard.domain.clock import utc_now
 from tests.api.ecr.helpers import ecr_client, put_api_image
 from tests.support.cli import Aws, dockyard_ok, json_lines
@@ -84,10 +85,11 @@ def build_layout(root: Path, names: list[str]) -> dict[str, str]:
     return digests
 
 
-def image_actions(data_dir: Path, log: str, repository: str) -> list[dict[str, Any]]:
-    """`detail` of the "ECR Image Action" lines of events.log or audit.log about one repository."""
-    path = data_dir / log
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def image_actions(data_dirs: Path | list[Path], log: str, repository: str) -> list[dict[str, Any]]:
+    """`detail` of the "ECR Image Action" lines of events.log or audit.log about one repository (of every
+    node's, given several data directories)."""
+    paths = [data_dir / log for data_dir in (data_dirs if isinstance(data_dirs, list) else [data_dirs])]
+    lines = [json.loads(line) for path in paths if path.exists() for line in path.read_text().splitlines()]
     return [
         line["detail"]
         for line in lines
@@ -95,10 +97,10 @@ def image_actions(data_dir: Path, log: str, repository: str) -> list[dict[str, A
     ]
 
 
-def one_line_each(data_dir: Path, repository: str, action: str, digests: set[str]) -> None:
+def one_line_each(data_dirs: Path | list[Path], repository: str, action: str, digests: set[str]) -> None:
     """events.log and audit.log hold exactly one `action` line per digest, and none for others."""
     for log in ("events.log", "audit.log"):
-        lines = [d for d in image_actions(data_dir, log, repository) if d["action-type"] == action]
+        lines = [d for d in image_actions(data_dirs, log, repository) if d["action-type"] == action]
         assert Counter(d["image-digest"] for d in lines) == Counter(dict.fromkeys(digests, 1)), (log, lines)
         assert all(d["result"] == "SUCCESS" and d["initiator"] == "lifecycle-policy" for d in lines), lines
 
@@ -353,10 +355,11 @@ def _start_together(servers: list[ServerProcess]) -> None:
 
 
 def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> None:
-    """Two servers on one data directory, started together with a short --lifecycle-interval: the sweep at
-    their start processes every repository once (one node's events, no duplicates); a third server started
-    within the interval does not sweep again; one started after it does, and only then."""
-    data_dir = tmp_path / "data"
+    """Two servers on one database (each with a data directory of its own, as nodes are), started together
+    with a short --lifecycle-interval: the sweep at their start processes every repository once (one node's
+    events, no duplicates); a third server started within the interval does not sweep again; one started
+    after it does, and only then."""
+    data_dir = tmp_path / "seeded"  # its SQLite database is every node's
     policy = {"rules": [{"rulePriority": 1, "description": "keep the newest untagged image",
                          "selection": {"tagStatus": "untagged", "countType": "imageCountMoreThan",
                                        "countNumber": 1}, "action": {"type": "expire"}}]}  # fmt: skip
@@ -369,8 +372,14 @@ def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> N
             seeder.set_lifecycle_policy(ref, policy)
             images = [seeder.put_image(ref, f"{name}-{age}", [], now - timedelta(hours=age)) for age in (3, 2, 1)]
             expected[name] = set(images[:2])
-    flags = ["--lifecycle-interval", str(SWEEP_INTERVAL)]
-    servers = [ServerProcess(data_dir, extra_args=flags) for _ in range(2)]
+    flags = ["--lifecycle-interval", str(SWEEP_INTERVAL), "--database", f"sqlite:///{data_dir / 'metadata.db'}"]
+    same_key = {MASTER_KEY_ENV: (data_dir / "master.key").read_text().strip()}  # the sealed secrets open anywhere
+    numbers = iter(range(1, 5))
+
+    def node() -> ServerProcess:
+        return ServerProcess(tmp_path / f"node-{next(numbers)}", extra_args=flags, environment=same_key)
+
+    servers = [node(), node()]
     try:
         _start_together(servers)
         ecr = ecr_client(servers[0])
@@ -382,7 +391,7 @@ def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> N
         sweep_time = max(first.values())
         assert sweep_time - min(first.values()) < timedelta(seconds=SWEEP_INTERVAL)  # one sweep did them all
         for name, digests in expected.items():
-            one_line_each(data_dir, name, "EXPIRE", digests)
+            one_line_each([server.data_dir for server in servers], name, "EXPIRE", digests)
         for server in servers:
             assert "could not expire" not in server.log() and "Traceback" not in server.log(), server.log()
 
@@ -393,7 +402,7 @@ def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> N
         assert len(present) == 3
 
         # A server started inside the interval sweeps at its start only if the interval has passed: not yet.
-        late = ServerProcess(data_dir, extra_args=flags).start()
+        late = node().start()
         servers.append(late)
         window_end = sweep_time + timedelta(seconds=SWEEP_INTERVAL - 1)
         assert datetime.now(UTC) < window_end - timedelta(seconds=2), "the third server started too late to observe"
@@ -403,12 +412,13 @@ def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> N
             time.sleep(0.5)  # watching that nothing happens for the rest of the interval
 
         # After the interval, a server starting sweeps at once (the running ones would at their next tick).
-        servers.append(ServerProcess(data_dir, extra_args=flags).start())
+        servers.append(node().start())
         second = _wait(lambda: (t := _last_evaluated(ecr, target)) != first[target] and t, 60, "the next sweep")
         assert second - sweep_time >= timedelta(seconds=SWEEP_INTERVAL)
         survivor = _wait(lambda: len(listed(ecr, target)) == 1 and listed(ecr, target), 10, "the second expiry")
         assert survivor == {new[-1]}
-        events = [d for d in image_actions(data_dir, "events.log", target) if d["action-type"] == "EXPIRE"]
+        logs = [server.data_dir for server in servers]
+        events = [d for d in image_actions(logs, "events.log", target) if d["action-type"] == "EXPIRE"]
         assert len(events) == 4 and len({d["image-digest"] for d in events}) == 4, events
     finally:
         for server in servers:

@@ -18,7 +18,7 @@ import boto3
 from tests.api.ecr.helpers import ecr_client
 from tests.support.cli import dockyard, dockyard_ok
 from tests.support.images import single_image_layout
-from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
+from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess, free_port
 from tests.support.tools import Skopeo, describe, fresh_seed, layout_blobs
 
 
@@ -91,7 +91,7 @@ def test_rotation_reseals_everything_and_rewrites_no_blob(tmp_path: Path) -> Non
     env = dict(os.environ, DOCKYARD_MASTER_KEY=old_key.decode().strip())
     env.update({"DOCKYARD_ROOT_ACCESS_KEY_ID": ACCESS_KEY_ID, "DOCKYARD_ROOT_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY})
     refused = subprocess.run(
-        [sys.executable, "-m", "dockyard", "serve", "--data-dir", str(data_dir), "--port", "1"],
+        [sys.executable, "-m", "dockyard", "serve", "--data-dir", str(data_dir), "--port", str(free_port())],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert refused.returncode != 0 and "master key" in (refused.stdout + refused.stderr)

@@ -122,8 +122,13 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL the whole server (Granian's main process and its workers)."""
         if self.process is not None and self.process.poll() is None:
-            _kill_tree(self.process.pid, signal.SIGKILL)
+            killed = _kill_tree(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+            # A worker in the middle of a write may take a moment to die; until then it holds the data
+            # directory's lock, and a server started next on that directory would be refused.
+            deadline = time.monotonic() + 10
+            while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the exits the kill brings, not dodging a race
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -135,10 +140,20 @@ class ServerProcess:
             self.kill()
 
 
-def _kill_tree(pid: int, sig: signal.Signals) -> None:
+def _kill_tree(pid: int, sig: signal.Signals) -> list[int]:
+    """Signal `pid` and its descendants (children first); the PIDs signalled."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
     child_pids = children.read_text().split() if children.exists() else []
-    for child in child_pids:
-        _kill_tree(int(child), sig)
+    signalled = [descendant for child in child_pids for descendant in _kill_tree(int(child), sig)]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+    return [*signalled, pid]
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie has already let go of its files)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

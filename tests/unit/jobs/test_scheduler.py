@@ -22,6 +22,7 @@ from dockyard.server import prepare
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
 from tests.support.databases import postgres_url, sqlite_url
+from tests.support.server import free_port
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -222,6 +223,7 @@ def test_serve_flags_reach_the_settings(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(cli.SETTINGS_ENV, "")  # `serve` sets it for the workers; restored after the test
     data_dir = tmp_path / "data"
     flags = ["--data-dir", str(data_dir), "--default-account", "123456789012", "--job-lease", "90", "--job-tick", "2.5"]
+    flags += ["--port", str(free_port())]  # `serve` binds it before it would exec the server
     result = CliRunner().invoke(cli.app, ["serve", *flags])
     assert result.exit_code == 0, result.output
     assert [(s.job_lease, s.job_tick) for s in served] == [(90.0, 2.5)]
