@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dockyard.storage.private import create_private_file, private_directory
+from dockyard.storage.private import private_directory, write_new_private_file
 
 TLS_DIRECTORY: Final = "tls"
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
@@ -246,10 +246,7 @@ def _write(path: Path, content: bytes) -> None:
     Certificates too are the owner's only, like everything in the data directory: clients get a copy."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     try:
-        with os.fdopen(create_private_file(temporary), "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
+        write_new_private_file(temporary, content)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -60,6 +60,15 @@ def create_private_file(path: Path, *, exclusive: bool = True) -> int:
     return descriptor
 
 
+def write_new_private_file(path: Path, content: bytes) -> None:
+    """Create `path` 0600 holding `content`, on disk (fsynced) when this returns: the first step of an atomic
+    publish, whose caller then renames it into place."""
+    with os.fdopen(create_private_file(path), "wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def make_private(data_dir: Path) -> None:
     """Narrow the data directory and what Dockyard keeps in it to 0700 directories and 0600 files.
 

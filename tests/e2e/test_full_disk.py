@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,6 +25,7 @@ from botocore.exceptions import ClientError
 from dockyard.domain.clock import utc_now
 from tests.api.ecr.helpers import ecr_client
 from tests.support.cli import dockyard_ok
+from tests.support.disks import small_tmpfs
 from tests.support.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256
 from tests.support.registry_http import manifest_of, push_blob
 from tests.support.server import ServerProcess
@@ -38,13 +38,8 @@ STORAGE_FULL_MESSAGE = "no space left on the registry's storage"
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs, unmounted afterwards (its users stop first: fixtures tear down in reverse)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], check=True, timeout=30)
-    try:
+    with small_tmpfs(tmp_path / "disk", "64m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from botocore.auth import SigV4Auth, SigV4QueryAuth
+from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.support.clients import boto_client, ecr_password
-from tests.support.iam import AWS_JSON, ECR_TARGET, IAM_VERSION, Keys
+from tests.support.iam import AWS_JSON, ECR_TARGET, IAM_VERSION, Keys, sign_leaving_out
 from tests.support.images import OCI_CONFIG, OCI_MANIFEST, sha256
 from tests.support.registry_http import push_blob
 from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
@@ -76,16 +76,7 @@ def signed_without(server: ServerProcess, header: str, operation: str, body: byt
         data=body,
         headers={"Content-Type": AWS_JSON, "X-Amz-Target": f"{ECR_TARGET}.{operation}"},
     )
-    signer = SigV4Auth(Credentials(ROOT.access_key_id, ROOT.secret), "ecr", "us-east-1")
-    everything = signer.headers_to_sign
-
-    def all_but_one(request: AWSRequest) -> Any:
-        names = everything(request)
-        del names[header]
-        return names
-
-    signer.headers_to_sign = all_but_one  # type: ignore[method-assign]
-    signer.add_auth(request)
+    sign_leaving_out(request, header, ROOT.access_key_id, ROOT.secret)
     signed_headers = request.headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
     assert header not in signed_headers.split(";")
     return dict(request.headers.items())

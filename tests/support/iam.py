@@ -173,3 +173,18 @@ def audit_matching(data_dir: Path, event_name: str, arn: str | None, resource_su
         and event.get("userIdentity", {}).get("arn") == arn
         and any(str(r.get("ARN", "")).endswith(resource_suffix) for r in event.get("resources", []))
     ]
+
+
+def sign_leaving_out(request: AWSRequest, header: str, key_id: str, secret: str, service: str = "ecr") -> None:
+    """Sign `request` as botocore does, but with `header` left out of SignedHeaders (as a lax client might):
+    the header is still sent, unsigned."""
+    signer = SigV4Auth(Credentials(key_id, secret), service, REGION)
+    everything = signer.headers_to_sign
+
+    def all_but_one(signed: AWSRequest) -> Any:
+        names = everything(signed)
+        del names[header]
+        return names
+
+    signer.headers_to_sign = all_but_one  # type: ignore[method-assign]
+    signer.add_auth(request)

@@ -33,7 +33,7 @@ from typing import BinaryIO, Final
 from dockyard.domain.errors import BlobUnknown, BlobUploadUnknown, DockyardError, RangeInvalid
 from dockyard.domain.names import Digest
 from dockyard.storage.full import is_storage_full, storage_full
-from dockyard.storage.private import create_private_file, private_directory
+from dockyard.storage.private import create_private_file, private_directory, write_new_private_file
 
 UPLOAD_ID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 READ_CHUNK: Final = 1024 * 1024
@@ -133,10 +133,7 @@ class FilesystemBlobStore:
                 return
         temporary = self.root / "tmp" / secrets.token_hex(16)  # fresh, so its mtime starts the GC grace
         try:
-            with os.fdopen(create_private_file(temporary), "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+            write_new_private_file(temporary, data)
             self._publish(temporary, target)
         except BaseException as error:
             with contextlib.suppress(FileNotFoundError):

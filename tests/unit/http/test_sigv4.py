@@ -36,6 +36,7 @@ from dockyard.http.sigv4 import (
     Verified,
     verify,
 )
+from tests.support.iam import sign_leaving_out
 
 KEY = "AKIAUNITTESTKEY00001"
 SECRET = "unit/Test+Secret/Key/0000000000000000000"
@@ -89,16 +90,7 @@ def signed_without(header: str) -> SignedRequest:
     )
     host = urlsplit(URL).netloc
     with mock.patch.object(botocore.auth, "get_current_datetime", lambda: NOW.replace(tzinfo=None)):
-        signer = SigV4Auth(Credentials(KEY, SECRET), "ecr", "us-east-1")
-        everything = signer.headers_to_sign
-
-        def all_but_one(request: AWSRequest) -> Any:
-            names = everything(request)
-            del names[header]
-            return names
-
-        signer.headers_to_sign = all_but_one  # type: ignore[method-assign]
-        signer.add_auth(request)
+        sign_leaving_out(request, header, KEY, SECRET)
     return SignedRequest("POST", "/", "", [("host", host), *request.headers.items()], BODY)
 
 

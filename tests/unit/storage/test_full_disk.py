@@ -10,7 +10,6 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.full import is_storage_full
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
+from tests.support.disks import small_tmpfs
 
 MiB = 1024 * 1024
 PAGE = 4096  # tmpfs hands out space a page at a time
@@ -38,13 +38,8 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs of the test's own."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True, timeout=30)
-    try:
+    with small_tmpfs(tmp_path / "disk", "4m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
 
 
 def fill(disk: Path) -> Path:
