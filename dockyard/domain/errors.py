@@ -285,3 +285,11 @@ class LifecyclePolicyPreviewNotFound(DockyardError):
 
 class ScanNotFound(DockyardError):
     kind = _kind("NAME_UNKNOWN", 404, "ScanNotFoundException", "the image has not been scanned")
+
+
+class ExclusionAlreadyExists(DockyardError):
+    kind = _kind("DENIED", 400, "ExclusionAlreadyExistsException", "the pull time update exclusion already exists")
+
+
+class ExclusionNotFound(DockyardError):
+    kind = _kind("NAME_UNKNOWN", 404, "ExclusionNotFoundException", "the pull time update exclusion does not exist")

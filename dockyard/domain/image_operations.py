@@ -26,7 +26,7 @@ from dockyard.domain.errors import (
 from dockyard.domain.images import Registry
 from dockyard.domain.manifests import parse_manifest
 from dockyard.domain.names import TAG_RE, Digest, RepositoryRef
-from dockyard.domain.ports import ImageRow, Repository
+from dockyard.domain.ports import ImageRow, ManifestRecord, Repository
 
 # ECR's advertised part size for the layer upload API.
 PART_SIZE: Final = 10 * 1024 * 1024
@@ -113,7 +113,7 @@ class ImageOperations:
         return list(unique.values())
 
     def batch_get(
-        self, ref: RepositoryRef, ids: list[ImageId], accepted: list[str] | None
+        self, ref: RepositoryRef, ids: list[ImageId], accepted: list[str] | None, puller: str | None = None
     ) -> tuple[list[tuple[ResolvedImage, bytes]], list[ImageFailure]]:
         found, failures = self.resolve(ref, ids)
         images = []
@@ -132,8 +132,29 @@ class ImageOperations:
                 )
                 continue
             images.append((item, self.registry.manifest_content(repository, record)))
-            self.registry.note_pull(ref, record.digest, record.last_pulled_at, now)
+            self.registry.note_pull(ref, record.digest, record.last_pulled_at, now, puller)
         return images, failures
+
+    def referrers(
+        self, ref: RepositoryRef, subject: str, artifact_types: list[str], statuses: frozenset[str]
+    ) -> list[ManifestRecord]:
+        """ListImageReferrers: the manifests of the repository whose subject is `subject` (the records the /v2
+        referrers API lists), of the given artifact types (any when empty) and statuses (ACTIVE, ARCHIVED)."""
+        repository = self.registry.repository(ref)
+        try:
+            digest = Digest.parse(subject)
+        except DockyardError:
+            raise InvalidParameter(
+                f"Invalid parameter at 'subjectId.imageDigest' failed to satisfy constraint: 'invalid digest "
+                f"{subject[:100]}'"
+            ) from None
+        wanted = set(artifact_types)
+        return [
+            record
+            for record in self.metadata.list_referrers(repository.id, digest, None)
+            if (not wanted or record.artifact_type in wanted)
+            and ("ARCHIVED" if record.storage_class == "ARCHIVE" else "ACTIVE") in statuses
+        ]
 
     def set_storage_class(self, ref: RepositoryRef, image_id: ImageId, target: str) -> tuple[ImageId, str]:
         """UpdateImageStorageClass: archive an image, or restore it (at once: there is no cold tier here)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from dockyard.domain.account_settings import AccountSettings
 from dockyard.domain.cache import ByteLru
 from dockyard.domain.clock import Clock, utc_now
 from dockyard.domain.encryption import RepositoryKeys, key_domain
@@ -162,6 +163,7 @@ class Registry:
         # Told of every manifest stored, after it is stored (e.g. to queue a scan); must be quick.
         self.push_listeners: list[Callable[[Repository, ParsedManifest], None]] = []
         self.repositories = Repositories(metadata, clock, create_on_push, repository_keys)
+        self.account_settings = AccountSettings(metadata, clock)  # BLOB_MOUNTING, pull-time update exclusions
 
     # ----------------------------------------------------------------------------------- repositories
 
@@ -372,8 +374,13 @@ class Registry:
         cheap; ECR itself refreshes it only daily."""
         return last is None or now - last >= PULL_RECORD_INTERVAL
 
-    def note_pull(self, ref: RepositoryRef, digest: Digest, last: datetime | None, now: datetime) -> None:
-        if self.pull_needs_recording(last, now):
+    def note_pull(
+        self, ref: RepositoryRef, digest: Digest, last: datetime | None, now: datetime, puller: str | None = None
+    ) -> None:
+        """Record a pull by `puller` (a principal ARN), unless the registry excludes it (a cached lookup)."""
+        if self.pull_needs_recording(last, now) and not self.account_settings.pull_time_excluded(
+            ref.account_id, ref.region, puller
+        ):
             repository = self.metadata.get_repository(ref)
             if repository is not None:
                 try:

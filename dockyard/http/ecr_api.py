@@ -38,6 +38,7 @@ from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
 from dockyard.http.auth import request_context
 from dockyard.http.aws_door import AwsJsonDoor
+from dockyard.http.ecr_settings import AUTHORIZED_AS, EcrSettingsOperations
 from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, Verified, presign_get
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
@@ -72,7 +73,7 @@ class EcrCall:
 Handler = Callable[[EcrCall], dict[str, Any]]
 
 
-class EcrDoor(AwsJsonDoor[EcrCall]):
+class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
     """The `ecr` service. `PublicEcrDoor` below reuses every handler whose shapes are the same."""
 
     SERVICE = "ecr"
@@ -107,7 +108,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         return signed_region
 
     def run(self, operation: str, handler: Handler, call: EcrCall) -> dict[str, Any]:
-        action = f"{self.SERVICE}:{operation}"
+        action = f"{self.SERVICE}:{AUTHORIZED_AS.get(operation, operation)}"
         if "repositoryName" in call.params:
             self.authorizer.authorize(call.principal, action, call.ref(), call.context)
         elif "repositoryNames" in call.params:
@@ -530,7 +531,7 @@ class EcrDoor(AwsJsonDoor[EcrCall]):
         ref = call.ref()
         accepted = call.params.get("acceptedMediaTypes")
         images, failures = self._guard_repository(
-            call, lambda: self.images.batch_get(ref, _image_ids(call.params["imageIds"]), accepted)
+            call, lambda: self.images.batch_get(ref, _image_ids(call.params["imageIds"]), accepted, call.principal.arn)
         )
         return {
             "images": [

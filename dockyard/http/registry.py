@@ -394,7 +394,10 @@ class RegistryDoor:
         self.authorize(call, "ecr:InitiateLayerUpload")
         query = call.request.query_params
         mount, source = query.get("mount"), query.get("from")
-        if mount and source:
+        settings = self.registry.account_settings
+        if mount and not await run_in_threadpool(settings.blob_mounting, call.ref.account_id, call.ref.region):
+            Digest.parse(mount)  # BLOB_MOUNTING is DISABLED: no mount, but a malformed digest is still a 400
+        elif mount and source:
             mounted = await self.try_mount(call, Digest.parse(mount), check_repository_name(source))
             if mounted is not None:
                 return mounted
@@ -529,7 +532,10 @@ class RegistryDoor:
             content = await run_in_threadpool(self.registry.manifest_content, repository, record)
         now = self.registry.clock()
         if self.registry.pull_needs_recording(record.last_pulled_at, now):
-            await run_in_threadpool(self.registry.note_pull, call.ref, record.digest, record.last_pulled_at, now)
+            puller = call.principal.arn if call.principal is not None else None
+            await run_in_threadpool(
+                self.registry.note_pull, call.ref, record.digest, record.last_pulled_at, now, puller
+            )
         if self.meter is not None:
             self.meter.pulled(call.ref, len(content))
         return Response(content, status_code=200, headers=headers, media_type=record.media_type)

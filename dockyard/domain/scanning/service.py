@@ -178,6 +178,15 @@ class IteratorReader(io.RawIOBase):
         return size
 
 
+@dataclass(frozen=True)
+class AppliedScanning:
+    """The scanning a repository gets: its effective scan on push, frequency and the rule filters that apply."""
+
+    scan_on_push: bool
+    frequency: str  # SCAN_ON_PUSH, CONTINUOUS_SCAN or MANUAL
+    filters: tuple[str, ...]
+
+
 class ImageScanner:
     def __init__(
         self, registry: Registry, database: VulnerabilityDatabase, clock: Clock = utc_now, owner: str | None = None
@@ -207,6 +216,27 @@ class ImageScanner:
             and any(_filter_matches(f.get("filter", ""), ref.name) for f in rule.get("repositoryFilters", []))
             for rule in configuration.get("rules", [])
         )
+
+    def applied_configuration(self, repository: Repository) -> AppliedScanning:
+        """BatchGetRepositoryScanningConfiguration: the registry rule that applies to the repository, continuous
+        scanning before scan on push (as ECR), with the filters of that rule that match its name; the
+        repository's own scanOnPush flag when no rule does."""
+        ref = repository.ref
+        configuration = self.registries.configuration(ref.account_id, ref.region, SCANNING, {"rules": []})
+        for frequency in ("CONTINUOUS_SCAN", "SCAN_ON_PUSH"):
+            for rule in configuration.get("rules", []):
+                if rule.get("scanFrequency") != frequency:
+                    continue
+                matching = [
+                    str(f.get("filter", ""))
+                    for f in rule.get("repositoryFilters", [])
+                    if _filter_matches(f.get("filter", ""), ref.name)
+                ]
+                if matching:
+                    return AppliedScanning(True, frequency, tuple(matching))
+        if repository.settings.scan_on_push:
+            return AppliedScanning(True, "SCAN_ON_PUSH", ())
+        return AppliedScanning(False, "MANUAL", ())
 
     def start(self, repository: Repository, digest: Digest) -> ScanRecord:
         """StartImageScan: at most one scan per image per day, as ECR."""

@@ -70,6 +70,16 @@ class DocumentRecords(StoreBase):
         keys = {"account_id": account_id, "region": region, "kind": kind}
         self._upsert(registry_documents, keys, {"text": text, "updated_at": now})
 
+    def create_registry_document(self, account_id: str, region: str, kind: str, text: str, now: datetime) -> bool:
+        table = registry_documents
+        statement = (
+            self._insert_ignore(table)
+            .values(account_id=account_id, region=region, kind=kind, text=text, updated_at=now)
+            .returning(table.c.kind)  # rowcount is -1 for inserts on psycopg: a row back means created
+        )
+        with self._write() as connection:
+            return connection.execute(statement).first() is not None
+
     def find_registry_document(self, region: str, kind: str, text: str) -> str | None:
         """The account whose registry holds this exact document (e.g. who owns a public alias)."""
         table = registry_documents

@@ -351,3 +351,15 @@ def test_has_vulnerabilities_for_an_ecosystem_and_its_releases(store: SqlMetadat
             )
         assert store.has_vulnerabilities_for("Debian")
         assert not store.has_vulnerabilities_for("Debian:")
+
+
+def test_create_registry_document_inserts_only_when_absent(store: SqlMetadataStore) -> None:
+    assert store.create_registry_document(ACCOUNT, REGION, "pull-time-exclusion/a", "first", T0)
+    assert not store.create_registry_document(ACCOUNT, REGION, "pull-time-exclusion/a", "second", T0)
+    document = store.get_registry_document(ACCOUNT, REGION, "pull-time-exclusion/a")
+    assert document is not None and document.text == "first"
+    # Keyed by registry: the same kind in another region or account is a document of its own.
+    assert store.create_registry_document(ACCOUNT, "eu-west-1", "pull-time-exclusion/a", "other region", T0)
+    assert store.create_registry_document("210987654321", REGION, "pull-time-exclusion/a", "other account", T0)
+    assert store.delete_registry_document(ACCOUNT, REGION, "pull-time-exclusion/a")
+    assert store.create_registry_document(ACCOUNT, REGION, "pull-time-exclusion/a", "again", T0)
