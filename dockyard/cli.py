@@ -16,9 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
+from dockyard.cli_common import DataDir, reported
 from dockyard.config import (
     ACCOUNT_FILE,
     AWS_REGIONS,
+    DEFAULT_DATA_DIR,
     REGIONS_ENV,
     ROOT_CREDENTIALS_FILE,
     ROOT_KEY_ID_ENV,
@@ -92,7 +94,7 @@ def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-    data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     default_account: Annotated[
         str | None,
         typer.Option(
@@ -277,7 +279,8 @@ def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
 def main() -> None:
     # Everything written under the data directory is the owner's only (files also get explicit modes).
     os.umask(UMASK)
-    app()
+    with reported():  # a refused command is one line, never a stack trace
+        app()
 
 
 if __name__ == "__main__":
