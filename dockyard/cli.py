@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -196,11 +197,11 @@ def serve(
     )
     services = prepare(settings)
     try:
-        credentials = _bootstrap_credentials(services, settings)
+        started = _bootstrap_credentials(services, settings)
     except (WrongMasterKey, ValueError) as error:
         console.print(f"[red]Cannot start:[/] {error}")
         raise typer.Exit(1) from None
-    _announce(settings, credentials)
+    _announce(settings, started)
     os.environ[SETTINGS_ENV] = settings.to_environment()
     _run_server(settings)
 
@@ -233,7 +234,16 @@ def _given_root_credentials() -> tuple[str, str] | None:
     return (given_id, given_secret) if given_id and given_secret else None
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+@dataclass(frozen=True)
+class Bootstrap:
+    """What the start did about the default account's root credentials, for the banner to tell truly."""
+
+    credentials: RootCredentials | None  # None: the account had root credentials and none were given
+    saved_to: Path | None  # where a generated secret was written (only a generated one is)
+    on_disk: Path | None  # a file in this data directory that holds the account's root credentials
+
+
+def _bootstrap_credentials(services: Services, settings: Settings) -> Bootstrap:
     given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(
@@ -245,35 +255,66 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> RootCreden
         )
     if not (settings.data_dir / ACCOUNT_FILE).exists():
         write_private_file(settings.data_dir / ACCOUNT_FILE, f"{settings.default_account}\n".encode())
-    path = settings.data_dir / ROOT_CREDENTIALS_FILE
-    # Only a generated secret is saved (it is shown once): one given by the environment has its own keeper.
-    if credentials is not None and credentials.created and given is None and not path.exists():
+    path = _credentials_file(settings.data_dir, settings.default_account)
+    # Only a generated secret is saved (it is shown once, and only on a terminal): one given by the environment
+    # has its own keeper.
+    if credentials is not None and credentials.created and given is None:
         record = {
             "accountId": settings.default_account,
             "accessKeyId": credentials.access_key_id,
             "secretAccessKey": credentials.secret_access_key,
         }
-        write_private_file(path, (json.dumps(record, indent=2) + "\n").encode())
-    return credentials
+        _replace_private_file(path, (json.dumps(record, indent=2) + "\n").encode())
+        return Bootstrap(credentials, path, path)
+    return Bootstrap(credentials, None, path if path.exists() else None)
 
 
-def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
-    console.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
-    console.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
+def _credentials_file(data_dir: Path, account: str) -> Path:
+    """The file for the account's generated root credentials: root-credentials.json, unless that holds another
+    account's (a data directory once served with another default account or database): then one of its own."""
+    path = data_dir / ROOT_CREDENTIALS_FILE
+    if not path.exists():
+        return path
+    try:
+        holder = json.loads(path.read_text()).get("accountId")
+    except (OSError, ValueError, AttributeError):
+        holder = None
+    return path if holder == account else data_dir / f"root-credentials-{account}.json"
+
+
+def _replace_private_file(path: Path, content: bytes) -> None:
+    """Write `path` (0600) whole or not at all: a stale file (the account's root keys were deleted since)
+    is replaced only by a complete one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    write_private_file(partial, content)
+    os.replace(partial, path)
+
+
+def _announce(settings: Settings, started: Bootstrap) -> None:
+    """The start banner on stderr: one line per item, never wrapped (a log keeps each whole); the root secret
+    only on a terminal (a pipe, a journal or a log file keeps what it is given)."""
+    banner = Console(stderr=True, soft_wrap=True, highlight=False)
+    banner.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
+    banner.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
     given = _given_root_credentials()
+    credentials = started.credentials
     if credentials is not None and credentials.created and given is None:
-        console.print(
-            "Root credentials were generated (shown once; also saved with mode 0600 in "
-            f"{settings.data_dir / ROOT_CREDENTIALS_FILE}):"
-        )
-        console.print(f"  access key id:     {credentials.access_key_id}")
-        console.print(f"  secret access key: {credentials.secret_access_key}")
+        banner.print(f"Root credentials were generated: access key id {credentials.access_key_id}")
+        if banner.is_terminal:
+            banner.print(f"  secret access key: {credentials.secret_access_key} (shown once)")
+        banner.print(f"  saved with mode 0600 in {started.saved_to}")
     elif given is not None:
-        console.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
+        banner.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
+    elif started.on_disk is not None:
+        banner.print(f"Root credentials: in {started.on_disk}")
     else:
-        console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
+        banner.print(
+            f"Root credentials: account {settings.default_account} has them already (made by another node or "
+            f"with {ROOT_KEY_ID_ENV}); none are in this data directory"
+        )
     host = settings.public_url.removeprefix("http://")
-    console.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
+    banner.print(f"Log in: skopeo login --tls-verify=false --username <access key id> {host}")
 
 
 def main() -> None:
