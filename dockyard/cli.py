@@ -6,7 +6,7 @@ import json
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +31,12 @@ from dockyard.config import (
     remembered_account,
 )
 from dockyard.domain.clock import utc_now
-from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
+from dockyard.domain.iam import (
+    DefaultAccountConflict,
+    RootCredentials,
+    bootstrap_root_credentials,
+    settle_default_account,
+)
 from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.lifecycle_cli import lifecycle_app
@@ -168,6 +173,7 @@ def serve(
     served = _regions_option(regions, default_region)
     data_dir = data_dir.resolve()
     private_directory(data_dir)
+    # Proposed only: the database keeps the registry's default account, made by the first node (see below).
     account = default_account or remembered_account(data_dir) or _new_account_id()
     settings = Settings(
         data_dir,
@@ -196,6 +202,7 @@ def serve(
         regions=served,
     )
     services = prepare(settings)
+    settings = _agreed_account(services, settings, default_account)
     try:
         started = _bootstrap_credentials(services, settings)
     except (WrongMasterKey, ValueError) as error:
@@ -222,6 +229,22 @@ def _run_server(settings: Settings) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "dockyard.launcher"])  # noqa: S606 (our own module)
+
+
+def _agreed_account(services: Services, settings: Settings, given: str | None) -> Settings:
+    """The settings with the registry's default account: the one its database keeps (every node sharing it
+    agrees), stored by the first node to start; a `--default-account` that differs is refused."""
+    try:
+        account = settle_default_account(services.metadata, given, settings.default_account)
+    except DefaultAccountConflict as conflict:
+        console.print(
+            f"[red]Cannot start:[/] --default-account {conflict.given}, but this registry's default account is "
+            f"{conflict.stored} (kept in its database since its first start): give {conflict.stored} or omit "
+            "--default-account",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    return replace(settings, default_account=account)
 
 
 def _new_account_id() -> str:

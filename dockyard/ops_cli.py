@@ -30,6 +30,7 @@ from dockyard.cli_common import Database, DataDir, Output, OutputFormat, open_se
 from dockyard.config import DEFAULT_DATA_DIR, remembered_account
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import DEFAULT_UPLOAD_TTL, GarbageCollector
+from dockyard.domain.iam import DEFAULT_ACCOUNT_SETTING
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
@@ -53,7 +54,9 @@ def lifecycle_run(
     services = open_services(data_dir, database)
     try:
         if repository is not None:
-            owner = account or _remembered_account(data_dir)
+            owner = (
+                account or services.metadata.registry_setting(DEFAULT_ACCOUNT_SETTING) or _remembered_account(data_dir)
+            )
             results = [services.lifecycle.run(RepositoryRef(owner, region, repository), dry_run)]
         else:
             results = services.lifecycle.run_all(dry_run)
