@@ -343,8 +343,11 @@ def _announce(settings: Settings, started: Bootstrap) -> None:
 def main() -> None:
     # Everything written under the data directory is the owner's only (files also get explicit modes).
     os.umask(UMASK)
+    # Not standalone: usage errors reach `reported` too, which prints them on one line (click would print a
+    # usage block and Typer a box wrapped at 80 columns).
     with reported():  # a refused command is one line, never a stack trace
-        app()
+        status = app(standalone_mode=False)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

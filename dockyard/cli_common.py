@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # the click Typer runs on
 
 from dockyard.config import DATA_DIR_ENV, METADATA_FILE, Settings
 from dockyard.domain.errors import DockyardError
@@ -102,6 +103,14 @@ def reported() -> Iterator[None]:
     its parameters, sealed secrets among them."""
     try:
         yield
+    except NoArgsIsHelpError as error:  # the help page was printed already
+        raise SystemExit(error.exit_code) from None
+    except ClickException as error:  # a usage error: its message on one line, not a usage block and a box
+        context = getattr(error, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        fail(f"{error.format_message()}{hint}", error.exit_code)
+    except typer.Abort:
+        fail("aborted", FAILURE)
     except DockyardError as error:
         fail(f"{error.ecr_exception}: {error.message}")
     except WrongMasterKey as error:

@@ -158,9 +158,14 @@ def test_an_account_that_does_not_exist_is_one_line(served: Path, command: list[
 )
 def test_a_malformed_account_is_a_usage_error(served: Path, command: list[str]) -> None:
     result = dockyard(*command, "--data-dir", str(served))
-    assert result.returncode == 2, describe(result)
-    assert "Traceback" not in result.stderr and result.stdout == "", describe(result)
-    assert "an account id is 12 digits, not '12345'" in result.stderr, describe(result)
+    one_line_error(
+        result, 2, "'--account'", "an account id is 12 digits, not '12345'", f"{' '.join(command[:3])} --help"
+    )
+
+
+def test_a_missing_option_is_one_line(served: Path) -> None:
+    result = dockyard("admin", "user", "list", "--data-dir", str(served))
+    one_line_error(result, 2, "Missing option '--account'", "admin user list --help")
 
 
 def test_domain_refusals_are_one_line(served: Path) -> None:
