@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import tomllib
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from dockyard.cli_common import DataDir, reported
 from dockyard.config import (
     ACCOUNT_FILE,
     AWS_REGIONS,
+    DEFAULT_CONFIG,
     DEFAULT_DATA_DIR,
     REGIONS_ENV,
     ROOT_CREDENTIALS_FILE,
@@ -96,6 +98,27 @@ def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
     return served
 
 
+def _config_defaults(context: typer.Context, value: Path | None) -> Path | None:
+    """Make the config file's keys the defaults of serve's options (click's default_map)."""
+    path = value if value is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is None:
+        return None
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise typer.BadParameter(f"{path}: {error}", param_hint="--config") from None
+    options = {param.name for param in context.command.params if param.name and param.name != "config"}
+    defaults: dict[str, object] = {}
+    for key, setting in document.items():
+        name = key.replace("-", "_")
+        if name not in options:
+            known = ", ".join(sorted(option.replace("_", "-") for option in options))
+            raise typer.BadParameter(f"{path}: {key!r} is not an option of serve ({known})", param_hint="--config")
+        defaults[name] = setting
+    context.default_map = {**(context.default_map or {}), **defaults}
+    return path
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -166,6 +189,15 @@ def serve(
             envvar=REGIONS_ENV,
             help="Comma-separated regions served (requests signed for, or host names naming, another region are "
             "refused). Default: the regions of AWS's aws partition, from the installed botocore.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            is_eager=True,  # read before the other options, whose defaults it sets
+            callback=_config_defaults,
+            help=f'A TOML file whose keys are these options (port = 5000, data-dir = "/var/lib/dockyard"); '
+            f"options given on the command line or in the environment win. Default: {DEFAULT_CONFIG} if it exists.",
         ),
     ] = None,
 ) -> None:

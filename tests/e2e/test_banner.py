@@ -121,3 +121,23 @@ def test_a_restart_says_where_the_credentials_are_and_generates_none(tmp_path: P
     assert first[1] not in banner
     assert f"Root credentials: in {data_dir / 'root-credentials.json'}" in lines
     assert not any("generated" in line for line in lines), lines
+
+
+def test_a_config_file_sets_serves_options_and_the_command_line_wins(tmp_path: Path) -> None:
+    config = tmp_path / "dockyard.toml"
+    config.write_text('default-region = "eu-west-1"\ndefault-account = "555566667777"\nworkers = 1\n')
+    data_dir = tmp_path / "data"
+    with _serving(data_dir, terminal=False, args=("--config", str(config))) as banner:  # --default-account given
+        lines = _check_unwrapped(banner, data_dir)
+    assert f"Default registry: account {ACCOUNT_ID}, region eu-west-1" in lines, lines
+
+
+def test_a_config_file_with_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "dockyard.toml"
+    config.write_text("port = 5000\nlisten = '0.0.0.0'\n")
+    command = [sys.executable, "-m", "dockyard", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1 and f"{config}: 'listen' is not an option of serve" in lines[0], lines
+    assert "data-dir" in lines[0] and not (tmp_path / "d").exists()
