@@ -78,12 +78,12 @@ def _require_account(accounts: Accounts, account: str) -> None:
 
 
 @account_app.command("create")
-def account_create(account_id: str, data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None) -> None:
-    accounts = _accounts(data_dir, database)
-    try:
-        accounts.create_account(account_id)
-    except ValueError as error:
-        fail(f"{error} (an account id is 12 digits)")
+def account_create(
+    account_id: Annotated[str, typer.Argument(help="12 digits.", callback=account_option)],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
+) -> None:
+    _accounts(data_dir, database).create_account(account_id)
     console.print(f"account {account_id} ready")
 
 

@@ -308,8 +308,9 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> Bootstrap:
         credentials = bootstrap_root_credentials(
             services.metadata, services.box, settings.default_account, utc_now(), given
         )
-    if not (settings.data_dir / ACCOUNT_FILE).exists():
-        write_private_file(settings.data_dir / ACCOUNT_FILE, f"{settings.default_account}\n".encode())
+    account_file = settings.data_dir / ACCOUNT_FILE  # the database's account, for tools that read the file
+    if not account_file.exists() or remembered_account(settings.data_dir) != settings.default_account:
+        _replace_private_file(account_file, f"{settings.default_account}\n".encode())
     path = _credentials_file(settings.data_dir, settings.default_account)
     # Only a generated secret is saved (it is shown once, and only on a terminal): one given by the environment
     # has its own keeper.
