@@ -10,8 +10,6 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,13 +17,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dockyard.config import MASTER_KEY_ENV, Settings
+from dockyard.cli_common import (
+    Database,
+    DataDir,
+    Output,
+    OutputFormat,
+    account_option,
+    existing_data_dir,
+    fail,
+    open_services,
+    print_json,
+)
+from dockyard.config import DEFAULT_DATA_DIR, MASTER_KEY_ENV
 from dockyard.domain.accounts import Accounts
-from dockyard.domain.errors import DockyardError
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.master_key import opens_with, reseal_with, sealed_sample
 from dockyard.domain.quotas import DEFAULTS
-from dockyard.server import Services, load_master_key, prepare, write_private_file
+from dockyard.server import Services, load_master_key, write_private_file
 from dockyard.usage_cli import usage_app
 
 admin_app = typer.Typer(
@@ -47,76 +55,99 @@ for name, sub_app in (
     admin_app.add_typer(sub_app, name=name)
 
 console = Console()
-DataDir = Annotated[Path, typer.Option(help="The server's data directory.")]
-Database = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata store, if not the default.")]
-AccountOption = Annotated[str, typer.Option("--account", help="12-digit account id.")]
+AccountOption = Annotated[str, typer.Option("--account", help="12-digit account id.", callback=account_option)]
 
 
 def _services(data_dir: Path, database: str | None) -> Services:
     # The default account is irrelevant to admin commands; every command names its account.
-    return prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    return open_services(data_dir, database)
 
 
-def _accounts(data_dir: Path, database: str | None) -> Accounts:
-    return _services(data_dir, database).accounts
+def _accounts(data_dir: Path, database: str | None, account: str | None = None) -> Accounts:
+    """The accounts service; with `account`, once that account is known to exist (a user or key of an account
+    that does not exist would otherwise reach the database as a foreign-key error)."""
+    accounts = _services(data_dir, database).accounts
+    if account is not None:
+        _require_account(accounts, account)
+    return accounts
 
 
-@contextmanager
-def _reported() -> Iterator[None]:
-    """A refused command prints the error's name and message and exits 1 (no stack trace)."""
-    try:
-        yield
-    except DockyardError as error:
-        console.print(f"[red]{error.ecr_exception}:[/] {error.message}")
-        raise typer.Exit(1) from None
+def _require_account(accounts: Accounts, account: str) -> None:
+    if account not in accounts.list_accounts():
+        fail(f"no account {account}: create it with `dockyard admin account create {account}` (or check --data-dir)")
 
 
 @account_app.command("create")
-def account_create(account_id: str, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
-    try:
-        _accounts(data_dir, database).create_account(account_id)
-    except ValueError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+def account_create(
+    account_id: Annotated[str, typer.Argument(help="12 digits.", callback=account_option)],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
+) -> None:
+    _accounts(data_dir, database).create_account(account_id)
     console.print(f"account {account_id} ready")
 
 
 @account_app.command("list")
-def account_list(data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
-    for account in _accounts(data_dir, database).list_accounts():
+def account_list(
+    data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None, output: Output = OutputFormat.table
+) -> None:
+    accounts = _accounts(data_dir, database).list_accounts()
+    if output is OutputFormat.json:
+        print_json({"Accounts": accounts})
+        return
+    for account in accounts:
         console.print(account)
 
 
 @account_app.command("delete")
-def account_delete(account_id: str, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
-    with _reported():
-        _accounts(data_dir, database).delete_account(account_id)
+def account_delete(account_id: str, data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None) -> None:
+    _accounts(data_dir, database).delete_account(account_id)
     console.print(f"account {account_id} deleted")
 
 
 @user_app.command("create")
 def user_create(
-    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+    user_name: str, account: AccountOption, data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None
 ) -> None:
-    with _reported():
-        user = _accounts(data_dir, database).create_user(account, user_name)
+    user = _accounts(data_dir, database, account).create_user(account, user_name)
     console.print(f"created {user.arn} ({user.user_id})")
 
 
 @user_app.command("list")
-def user_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+def user_list(
+    account: AccountOption,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
+    output: Output = OutputFormat.table,
+) -> None:
+    users = _accounts(data_dir, database, account).list_users(account)
+    if output is OutputFormat.json:  # as IAM's ListUsers names the fields
+        print_json(
+            {
+                "Users": [
+                    {
+                        "UserName": user.user_name,
+                        "UserId": user.user_id,
+                        "Arn": user.arn,
+                        "Path": user.path,
+                        "CreateDate": user.created_at.isoformat(),
+                    }
+                    for user in users
+                ]
+            }
+        )
+        return
     table = Table("user", "id", "arn", "created")
-    for user in _accounts(data_dir, database).list_users(account):
+    for user in users:
         table.add_row(user.user_name, user.user_id, user.arn, user.created_at.isoformat())
     console.print(table)
 
 
 @user_app.command("delete")
 def user_delete(
-    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+    user_name: str, account: AccountOption, data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None
 ) -> None:
-    with _reported():
-        _accounts(data_dir, database).delete_user(account, user_name)
+    _accounts(data_dir, database, account).delete_user(account, user_name)
     console.print(f"deleted user {user_name}")
 
 
@@ -124,12 +155,11 @@ def user_delete(
 def key_create(
     account: AccountOption,
     user: Annotated[str | None, typer.Option(help="User name; omit for the account's root user.")] = None,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Create an access key and print it once as JSON (the secret is never shown again)."""
-    with _reported():
-        key = _accounts(data_dir, database).create_access_key(account, user)
+    key = _accounts(data_dir, database, account).create_access_key(account, user)
     record = {
         "AccessKeyId": key.info.access_key_id,
         "SecretAccessKey": key.secret_access_key,
@@ -143,11 +173,26 @@ def key_create(
 def key_list(
     account: AccountOption,
     user: Annotated[str | None, typer.Option(help="User name; omit for the root user.")] = None,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
+    output: Output = OutputFormat.table,
 ) -> None:
-    with _reported():
-        keys = _accounts(data_dir, database).list_access_keys(account, user)
+    keys = _accounts(data_dir, database, account).list_access_keys(account, user)
+    if output is OutputFormat.json:  # as IAM's ListAccessKeys names the fields (never a secret)
+        print_json(
+            {
+                "AccessKeyMetadata": [
+                    {
+                        "AccessKeyId": key.access_key_id,
+                        "UserName": key.user_name,
+                        "Status": "Active",
+                        "CreateDate": key.created_at.isoformat(),
+                    }
+                    for key in keys
+                ]
+            }
+        )
+        return
     for key in keys:
         console.print(f"{key.access_key_id}  created {key.created_at.isoformat()}")
 
@@ -157,11 +202,10 @@ def key_delete(
     access_key_id: str,
     account: AccountOption,
     user: Annotated[str | None, typer.Option(help="User name; omit for the root user.")] = None,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
-    with _reported():
-        _accounts(data_dir, database).delete_access_key(account, user, access_key_id)
+    _accounts(data_dir, database, account).delete_access_key(account, user, access_key_id)
     console.print(f"deleted access key {access_key_id}")
 
 
@@ -171,20 +215,25 @@ def policy_put(
     policy_name: str,
     file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="Policy document (JSON).")],
     account: AccountOption,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
-    with _reported():
-        _accounts(data_dir, database).put_user_policy(account, user_name, policy_name, file.read_text())
+    _accounts(data_dir, database, account).put_user_policy(account, user_name, policy_name, file.read_text())
     console.print(f"attached {policy_name} to {user_name}")
 
 
 @policy_app.command("list")
 def policy_list(
-    user_name: str, account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None
+    user_name: str,
+    account: AccountOption,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
+    output: Output = OutputFormat.table,
 ) -> None:
-    with _reported():
-        names = _accounts(data_dir, database).list_user_policies(account, user_name)
+    names = _accounts(data_dir, database, account).list_user_policies(account, user_name)
+    if output is OutputFormat.json:  # as IAM's ListUserPolicies
+        print_json({"PolicyNames": names})
+        return
     for name in names:
         console.print(name)
 
@@ -194,11 +243,10 @@ def policy_delete(
     user_name: str,
     policy_name: str,
     account: AccountOption,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
-    with _reported():
-        _accounts(data_dir, database).delete_user_policy(account, user_name, policy_name)
+    _accounts(data_dir, database, account).delete_user_policy(account, user_name, policy_name)
     console.print(f"detached {policy_name} from {user_name}")
 
 
@@ -207,27 +255,38 @@ def quota_set(
     name: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(DEFAULTS))}.")],
     value: int,
     account: AccountOption,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     services = _services(data_dir, database)
-    with _reported():
-        services.repositories.quotas.set(account, name, value)
+    _require_account(services.accounts, account)
+    services.repositories.quotas.set(account, name, value)
     console.print(f"{name} = {value} for account {account}")
 
 
 @quota_app.command("list")
-def quota_list(account: AccountOption, data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
-    quotas = _services(data_dir, database).repositories.quotas
+def quota_list(
+    account: AccountOption,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
+    output: Output = OutputFormat.table,
+) -> None:
+    services = _services(data_dir, database)
+    _require_account(services.accounts, account)
+    quotas = services.repositories.quotas
+    rows = [(name, quotas.limit(account, name), default) for name, default in sorted(DEFAULTS.items())]
+    if output is OutputFormat.json:
+        print_json({"Quotas": [{"QuotaName": n, "Value": v, "DefaultValue": d} for n, v, d in rows]})
+        return
     table = Table("quota", "value", "default")
-    for name, default in sorted(DEFAULTS.items()):
-        table.add_row(name, str(quotas.limit(account, name)), str(default))
+    for name, limit, default in rows:
+        table.add_row(name, str(limit), str(default))
     console.print(table)
 
 
 @admin_app.command("rotate-master-key")
 def rotate_master_key(
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
     new_key_file: Annotated[
         Path | None, typer.Option(help="A file holding the new 32-byte key, base64-encoded (default: generate one).")
@@ -239,7 +298,7 @@ def rotate_master_key(
     master.key is replaced (with DOCKYARD_MASTER_KEY set, the new key is printed to set in its place instead).
     Outstanding login tokens become invalid. A rotation that stopped half-way is finished by running it again.
     """
-    data_dir = data_dir.resolve()
+    data_dir = existing_data_dir(data_dir, database)
     metadata = _services(data_dir, database).metadata
     old_key = load_master_key(data_dir)
     pending = data_dir / "master.key.next"

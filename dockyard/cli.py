@@ -6,7 +6,8 @@ import json
 import os
 import secrets
 import sys
-from dataclasses import replace
+import tomllib
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -17,9 +18,12 @@ from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
+from dockyard.cli_common import DataDir, reported
 from dockyard.config import (
     ACCOUNT_FILE,
     AWS_REGIONS,
+    DEFAULT_CONFIG,
+    DEFAULT_DATA_DIR,
     REGIONS_ENV,
     ROOT_CREDENTIALS_FILE,
     ROOT_KEY_ID_ENV,
@@ -29,7 +33,12 @@ from dockyard.config import (
     remembered_account,
 )
 from dockyard.domain.clock import utc_now
-from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
+from dockyard.domain.iam import (
+    DefaultAccountConflict,
+    RootCredentials,
+    bootstrap_root_credentials,
+    settle_default_account,
+)
 from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.exclusive import Held, Refused, claimed
@@ -101,12 +110,33 @@ def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
     return served
 
 
+def _config_defaults(context: typer.Context, value: Path | None) -> Path | None:
+    """Make the config file's keys the defaults of serve's options (click's default_map)."""
+    path = value if value is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is None:
+        return None
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise typer.BadParameter(f"{path}: {error}", param_hint="--config") from None
+    options = {param.name for param in context.command.params if param.name and param.name != "config"}
+    defaults: dict[str, object] = {}
+    for key, setting in document.items():
+        name = key.replace("-", "_")
+        if name not in options:
+            known = ", ".join(sorted(option.replace("_", "-") for option in options))
+            raise typer.BadParameter(f"{path}: {key!r} is not an option of serve ({known})", param_hint="--config")
+        defaults[name] = setting
+    context.default_map = {**(context.default_map or {}), **defaults}
+    return path
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-    data_dir: Annotated[Path, typer.Option(help="Where metadata (SQLite) and blobs live.")] = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     default_account: Annotated[
         str | None,
         typer.Option(
@@ -191,12 +221,22 @@ def serve(
     tls_min_version: Annotated[TlsVersion, typer.Option(help="The oldest TLS version clients may use.")] = (
         TlsVersion.v1_2
     ),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            is_eager=True,  # read before the other options, whose defaults it sets
+            callback=_config_defaults,
+            help=f'A TOML file whose keys are these options (port = 5000, data-dir = "/var/lib/dockyard"); '
+            f"options given on the command line or in the environment win. Default: {DEFAULT_CONFIG} if it exists.",
+        ),
+    ] = None,
 ) -> None:
     """Run the registry (`/v2`) on one port."""
     served = _regions_option(regions, default_region)
     data_dir = data_dir.resolve()
     private_directory(data_dir)
     _claim(ctx, data_dir, host, port)  # before anything is generated or printed
+    # Proposed only: the database keeps the registry's default account, made by the first node (see below).
     account = default_account or remembered_account(data_dir) or _new_account_id()
     settings = Settings(
         data_dir,
@@ -226,12 +266,13 @@ def serve(
     )
     settings, tls_files = _tls_settings(settings, tls, tls_cert, tls_key, tls_san or [], tls_min_version)
     services = prepare(settings)
+    settings = _agreed_account(services, settings, default_account)
     try:
-        credentials = _bootstrap_credentials(services, settings)
+        started = _bootstrap_credentials(services, settings)
     except (WrongMasterKey, ValueError) as error:
         console.print(f"[red]Cannot start:[/] {error}")
         raise typer.Exit(1) from None
-    _announce(settings, credentials)
+    _announce(settings, started)
     _announce_tls(tls_files, settings)
     os.environ[SETTINGS_ENV] = settings.to_environment()
     _run_server(settings)
@@ -308,6 +349,22 @@ def _run_server(settings: Settings) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "dockyard.launcher"])  # noqa: S606 (our own module)
 
 
+def _agreed_account(services: Services, settings: Settings, given: str | None) -> Settings:
+    """The settings with the registry's default account: the one its database keeps (every node sharing it
+    agrees), stored by the first node to start; a `--default-account` that differs is refused."""
+    try:
+        account = settle_default_account(services.metadata, given, settings.default_account)
+    except DefaultAccountConflict as conflict:
+        console.print(
+            f"[red]Cannot start:[/] --default-account {conflict.given}, but this registry's default account is "
+            f"{conflict.stored} (kept in its database since its first start): give {conflict.stored} or omit "
+            "--default-account",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    return replace(settings, default_account=account)
+
+
 def _new_account_id() -> str:
     return str(secrets.randbelow(9 * 10**11) + 10**11)
 
@@ -318,7 +375,16 @@ def _given_root_credentials() -> tuple[str, str] | None:
     return (given_id, given_secret) if given_id and given_secret else None
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+@dataclass(frozen=True)
+class Bootstrap:
+    """What the start did about the default account's root credentials, for the banner to tell truly."""
+
+    credentials: RootCredentials | None  # None: the account had root credentials and none were given
+    saved_to: Path | None  # where a generated secret was written (only a generated one is)
+    on_disk: Path | None  # a file in this data directory that holds the account's root credentials
+
+
+def _bootstrap_credentials(services: Services, settings: Settings) -> Bootstrap:
     given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(
@@ -328,44 +394,80 @@ def _bootstrap_credentials(services: Services, settings: Settings) -> RootCreden
         credentials = bootstrap_root_credentials(
             services.metadata, services.box, settings.default_account, utc_now(), given
         )
-    if not (settings.data_dir / ACCOUNT_FILE).exists():
-        write_private_file(settings.data_dir / ACCOUNT_FILE, f"{settings.default_account}\n".encode())
-    path = settings.data_dir / ROOT_CREDENTIALS_FILE
-    # Only a generated secret is saved (it is shown once): one given by the environment has its own keeper.
-    if credentials is not None and credentials.created and given is None and not path.exists():
+    account_file = settings.data_dir / ACCOUNT_FILE  # the database's account, for tools that read the file
+    if not account_file.exists() or remembered_account(settings.data_dir) != settings.default_account:
+        _replace_private_file(account_file, f"{settings.default_account}\n".encode())
+    path = _credentials_file(settings.data_dir, settings.default_account)
+    # Only a generated secret is saved (it is shown once, and only on a terminal): one given by the environment
+    # has its own keeper.
+    if credentials is not None and credentials.created and given is None:
         record = {
             "accountId": settings.default_account,
             "accessKeyId": credentials.access_key_id,
             "secretAccessKey": credentials.secret_access_key,
         }
-        write_private_file(path, (json.dumps(record, indent=2) + "\n").encode())
-    return credentials
+        _replace_private_file(path, (json.dumps(record, indent=2) + "\n").encode())
+        return Bootstrap(credentials, path, path)
+    return Bootstrap(credentials, None, path if path.exists() else None)
 
 
-def _announce(settings: Settings, credentials: RootCredentials | None) -> None:
-    console.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
-    console.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
+def _credentials_file(data_dir: Path, account: str) -> Path:
+    """The file for the account's generated root credentials: root-credentials.json, unless that holds another
+    account's (a data directory once served with another default account or database): then one of its own."""
+    path = data_dir / ROOT_CREDENTIALS_FILE
+    if not path.exists():
+        return path
+    try:
+        holder = json.loads(path.read_text()).get("accountId")
+    except (OSError, ValueError, AttributeError):
+        holder = None
+    return path if holder == account else data_dir / f"root-credentials-{account}.json"
+
+
+def _replace_private_file(path: Path, content: bytes) -> None:
+    """Write `path` (0600) whole or not at all: a stale file (the account's root keys were deleted since)
+    is replaced only by a complete one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    write_private_file(partial, content)
+    os.replace(partial, path)
+
+
+def _announce(settings: Settings, started: Bootstrap) -> None:
+    """The start banner on stderr: one line per item, never wrapped (a log keeps each whole); the root secret
+    only on a terminal (a pipe, a journal or a log file keeps what it is given)."""
+    banner = Console(stderr=True, soft_wrap=True, highlight=False)
+    banner.print(f"Dockyard listening on [bold]{settings.public_url}[/] (data in {settings.data_dir})")
+    banner.print(f"Default registry: account {settings.default_account}, region {settings.default_region}")
     given = _given_root_credentials()
+    credentials = started.credentials
     if credentials is not None and credentials.created and given is None:
-        console.print(
-            "Root credentials were generated (shown once; also saved with mode 0600 in "
-            f"{settings.data_dir / ROOT_CREDENTIALS_FILE}):"
-        )
-        console.print(f"  access key id:     {credentials.access_key_id}")
-        console.print(f"  secret access key: {credentials.secret_access_key}")
+        banner.print(f"Root credentials were generated: access key id {credentials.access_key_id}")
+        if banner.is_terminal:
+            banner.print(f"  secret access key: {credentials.secret_access_key} (shown once)")
+        banner.print(f"  saved with mode 0600 in {started.saved_to}")
     elif given is not None:
-        console.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
+        banner.print(f"Root credentials: access key id {given[0]} (from {ROOT_KEY_ID_ENV})")
+    elif started.on_disk is not None:
+        banner.print(f"Root credentials: in {started.on_disk}")
     else:
-        console.print(f"Root credentials: in {settings.data_dir / ROOT_CREDENTIALS_FILE}")
+        banner.print(
+            f"Root credentials: account {settings.default_account} has them already (made by another node or "
+            f"with {ROOT_KEY_ID_ENV}); none are in this data directory"
+        )
     host = settings.public_url.split("://", 1)[1]
     verify = "" if settings.tls_cert else "--tls-verify=false "
-    console.print(f"Log in: skopeo login {verify}--username <access key id> {host}")
+    banner.print(f"Log in: skopeo login {verify}--username <access key id> {host}")
 
 
 def main() -> None:
     # Everything written under the data directory is the owner's only (files also get explicit modes).
     os.umask(UMASK)
-    app()
+    # Not standalone: usage errors reach `reported` too, which prints them on one line (click would print a
+    # usage block and Typer a box wrapped at 80 columns).
+    with reported():  # a refused command is one line, never a stack trace
+        status = app(standalone_mode=False)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ ROOT_KEY_ID_ENV: Final = "DOCKYARD_ROOT_ACCESS_KEY_ID"
 ROOT_SECRET_ENV: Final = "DOCKYARD_ROOT_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
 MASTER_KEY_ENV: Final = "DOCKYARD_MASTER_KEY"
 REGIONS_ENV: Final = "DOCKYARD_REGIONS"
+DATA_DIR_ENV: Final = "DOCKYARD_DATA_DIR"
+DEFAULT_DATA_DIR: Final = Path("dockyard-data")  # relative to where a command runs: name it with DATA_DIR_ENV
+DEFAULT_CONFIG: Final = Path("/etc/dockyard/dockyard.toml")  # serve's option defaults, when the file exists
+METADATA_FILE: Final = "metadata.db"  # the SQLite metadata store, when no database URL is given
 ROOT_CREDENTIALS_FILE: Final = "root-credentials.json"  # only when Dockyard generated the root credentials
 ACCOUNT_FILE: Final = "default-account"  # the default account's id, whoever made its credentials
 
@@ -75,7 +79,7 @@ class Settings:
 
     @property
     def database(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / METADATA_FILE}"
 
     @property
     def blob_root(self) -> Path:

@@ -26,20 +26,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from dockyard.config import Settings, remembered_account
+from dockyard.cli_common import Database, DataDir, Output, OutputFormat, open_services, print_json
+from dockyard.config import DEFAULT_DATA_DIR, remembered_account
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.gc import DEFAULT_UPLOAD_TTL, GarbageCollector
+from dockyard.domain.iam import DEFAULT_ACCOUNT_SETTING
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
 from dockyard.domain.scanning.layout import scan_layout
 from dockyard.domain.scanning.service import ImageScanner, ImportReport, incomplete_description
 from dockyard.lifecycle_cli import lifecycle_app
-from dockyard.server import prepare
 
 console = Console(stderr=True)
-DataDir = Annotated[Path, typer.Option(help="The server's data directory.")]
-Database = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata store, if not the default.")]
 
 
 @lifecycle_app.command("run")
@@ -48,14 +47,16 @@ def lifecycle_run(
     account: Annotated[str | None, typer.Option(help="Account of --repository (default: the server's).")] = None,
     region: Annotated[str, typer.Option(help="Region of --repository.")] = "us-east-1",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would happen; change nothing.")] = False,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Apply lifecycle policies now; prints one JSON line per image acted on."""
-    services = prepare(Settings(data_dir.resolve(), account or "000000000000", database_url=database))
+    services = open_services(data_dir, database)
     try:
         if repository is not None:
-            owner = account or _remembered_account(data_dir)
+            owner = (
+                account or services.metadata.registry_setting(DEFAULT_ACCOUNT_SETTING) or _remembered_account(data_dir)
+            )
             results = [services.lifecycle.run(RepositoryRef(owner, region, repository), dry_run)]
         else:
             results = services.lifecycle.run_all(dry_run)
@@ -91,12 +92,12 @@ def gc(
     upload_ttl: Annotated[
         float, typer.Option(help="Seconds after its start an unfinished upload is abandoned and its bytes freed.")
     ] = DEFAULT_UPLOAD_TTL.total_seconds(),
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Collect garbage now: expired uploads, partial files of failed writes, unreferenced blob links and blobs.
     Safe while the server runs."""
-    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    services = open_services(data_dir, database)
     collector = GarbageCollector(
         services.metadata, services.blobs, grace=timedelta(seconds=grace), upload_ttl=timedelta(seconds=upload_ttl)
     )
@@ -126,11 +127,11 @@ def _report_line(label: str, report: ImportReport) -> str:
 @scan_db_app.command("import")
 def scan_db_import(
     sources: Annotated[list[str], typer.Argument(help="OSV all.zip files (paths or http(s) URLs).")],
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Import (or incrementally refresh) advisories from OSV per-ecosystem all.zip bulk files."""
-    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    services = open_services(data_dir, database)
     imported = False
     try:
         for source in sources:
@@ -177,7 +178,7 @@ def scan_db_update(
     source_url: Annotated[
         str, typer.Option(help="Base URL that serves <Ecosystem>/all.zip: OSV's public bucket, or a mirror.")
     ] = OSV_BUCKET,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Download OSV's per-ecosystem all.zip archives and import them (as `scan-db import` does).
@@ -191,7 +192,7 @@ def scan_db_update(
     base = source_url.rstrip("/")
     if urllib.parse.urlsplit(base).scheme not in ("http", "https") or not urllib.parse.urlsplit(base).netloc:
         raise typer.BadParameter(f"{source_url!r} is not an http(s) URL", param_hint="--source-url")
-    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    services = open_services(data_dir, database)
     failed: list[str] = []
     for name in wanted:
         url = f"{base}/{urllib.parse.quote(name)}/all.zip"
@@ -216,12 +217,20 @@ def scan_db_update(
 
 
 @scan_db_app.command("status")
-def scan_db_status(data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+def scan_db_status(
+    data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None, output: Output = OutputFormat.table
+) -> None:
     """Show the imported sources and how many advisories the database holds."""
-    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
-    for name, imported_at, records in services.metadata.vulnerability_sources():
+    services = open_services(data_dir, database)
+    sources = services.metadata.vulnerability_sources()
+    total = services.metadata.count_vulnerabilities()
+    if output is OutputFormat.json:
+        listed = [{"source": n, "importedAt": t.isoformat(), "records": r} for n, t, r in sources]
+        print_json({"sources": listed, "advisories": total})
+        return
+    for name, imported_at, records in sources:
         typer.echo(f"{name}\t{imported_at.isoformat()}\t{records} records")
-    typer.echo(f"total\t{services.metadata.count_vulnerabilities()} advisories")
+    typer.echo(f"total\t{total} advisories")
 
 
 @contextlib.contextmanager
@@ -324,11 +333,11 @@ def scan(
         str | None, typer.Option(help="The image's ref name in index.json (default: its only image).")
     ] = None,
     output: Annotated[str, typer.Option("--format", help="json or table")] = "json",
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Scan an OCI image layout on disk with the server's code and database; prints the findings."""
-    services = prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
+    services = open_services(data_dir, database)
     try:
         findings = scan_layout(layout, ref, services.scanner)
     except DockyardError as error:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,27 +11,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dockyard.config import Settings
+from dockyard.cli_common import Database, DataDir, OutputFormat, fail, open_services
+from dockyard.config import DEFAULT_DATA_DIR
 from dockyard.domain.names import check_account
 from dockyard.domain.usage import Prices, UsageLedger, UsageLine, UsageReport, month_range
-from dockyard.server import prepare
 
 usage_app = typer.Typer(
     help="Usage metering and cost reports (storage per GB-month, data transfer out per GB).", no_args_is_help=True
 )
 console = Console()
-DataDir = Annotated[Path, typer.Option(help="The server's data directory.")]
-Database = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata store, if not the default.")]
 DEFAULT_PRICES = Prices()
 
 
-class ReportFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-def _ledger(data_dir: Path, database: str | None) -> UsageLedger:
-    return prepare(Settings(data_dir.resolve(), "000000000000", database_url=database)).usage
+def _ledger(data_dir: Path, database: str | None, account: str | None = None) -> UsageLedger:
+    services = open_services(data_dir, database)
+    if account is not None and account not in services.accounts.list_accounts():
+        fail(f"no account {account}: see `dockyard admin account list` (or check --data-dir)")
+    return services.usage
 
 
 def _account(value: str) -> str:
@@ -71,14 +66,16 @@ def report(
     month: Annotated[str | None, typer.Option(help="YYYY-MM (default: the current month, UTC).")] = None,
     start: Annotated[str | None, typer.Option(help="YYYY-MM-DD: first day of a date range (UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="YYYY-MM-DD: the day after the range (exclusive).")] = None,
-    output: Annotated[ReportFormat, typer.Option("--format", help="table or json.")] = ReportFormat.table,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "--format", "-o", help="table or json.")
+    ] = OutputFormat.table,
     storage_price: Annotated[
         float, typer.Option(min=0.0, help="USD per GB-month of storage.")
     ] = DEFAULT_PRICES.storage_per_gb_month,
     transfer_price: Annotated[
         float, typer.Option(min=0.0, help="USD per GB of data transfer out.")
     ] = DEFAULT_PRICES.transfer_out_per_gb,
-    data_dir: DataDir = Path("dockyard-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     database: Database = None,
 ) -> None:
     """Usage and cost of an account's repositories over a month or a date range, per repository and in total.
@@ -88,15 +85,15 @@ def report(
     """
     first, last = _report_range(month, start, end)
     prices = Prices(storage_per_gb_month=storage_price, transfer_out_per_gb=transfer_price)
-    result = _ledger(data_dir, database).report(account, first, last, prices)
-    if output is ReportFormat.json:
+    result = _ledger(data_dir, database, account).report(account, first, last, prices)
+    if output is OutputFormat.json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:  # a table written to a file or a pipe is not cut to 80 columns
         (console if console.is_terminal else Console(width=160)).print(_table(result))
 
 
 @usage_app.command("rollup")
-def rollup(data_dir: DataDir = Path("dockyard-data"), database: Database = None) -> None:
+def rollup(data_dir: DataDir = DEFAULT_DATA_DIR, database: Database = None) -> None:
     """Sample every repository's stored bytes for the current hour now (the servers do it twice an hour)."""
     done = _ledger(data_dir, database).roll_up()
     console.print(

@@ -377,6 +377,30 @@ class RootCredentials:
     created: bool
 
 
+DEFAULT_ACCOUNT_SETTING: Final = "default-account"
+
+
+class DefaultAccountConflict(ValueError):
+    """A node was told a default account other than the one the registry's database keeps."""
+
+    def __init__(self, given: str, stored: str) -> None:
+        super().__init__(f"the default account is {stored}, not {given}")
+        self.given = given
+        self.stored = stored
+
+
+def settle_default_account(store: CredentialStore, given: str | None, proposed: str) -> str:
+    """The registry's default account, the same on every node sharing its database: the one stored there by
+    the first node to start (`given`, else `proposed`). A `given` one that differs is refused: requests
+    naming no account would otherwise land in different accounts depending on the node."""
+    stored = store.registry_setting(DEFAULT_ACCOUNT_SETTING)
+    if stored is None:
+        stored = store.settle_registry_setting(DEFAULT_ACCOUNT_SETTING, check_account(given or proposed))
+    if given is not None and given != stored:
+        raise DefaultAccountConflict(given, stored)
+    return stored
+
+
 def bootstrap_root_credentials(
     store: CredentialStore,
     box: SecretBox,

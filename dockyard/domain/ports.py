@@ -493,6 +493,12 @@ class CredentialStore(Protocol):
 
     def root_credential_ids(self, account_id: str) -> list[str]: ...
 
+    def registry_setting(self, name: str) -> str | None: ...
+
+    def settle_registry_setting(self, name: str, proposed: str) -> str:
+        """The setting's value: `proposed` if none was stored yet (then stored, once for every node)."""
+        ...
+
     def reseal(
         self, secret: Callable[[str], str], document_kind_prefix: str, document: Callable[[str], str]
     ) -> tuple[int, int]:

@@ -249,7 +249,8 @@ def test_dockyard_admin_builds_an_account_whose_user_pushes(
     broken = tmp_path / "broken.json"
     broken.write_text('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]}')
     rejected = run_admin(data_dir, "policy", "put", user, "broken", "--file", str(broken), "--account", account)
-    assert rejected.returncode == 1 and "MalformedPolicyDocument" in rejected.stdout, describe(rejected)
+    assert rejected.returncode == 2 and "MalformedPolicyDocument" in rejected.stderr, describe(rejected)
+    assert len(rejected.stderr.splitlines()) == 1 and "Traceback" not in rejected.stderr, describe(rejected)
     admin("policy", "put", user, "push", "--file", str(document), "--account", account)
     assert admin("policy", "list", user, "--account", account).split() == ["push"]
     record = json.loads(admin("key", "create", "--account", account, "--user", user))

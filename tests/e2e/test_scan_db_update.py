@@ -24,7 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.api.ecr.helpers import ecr_client, error_code
-from tests.support.cli import dockyard, dockyard_ok
+from tests.support.cli import data_directory, dockyard, dockyard_ok
 from tests.support.osv_mirror import OsvMirror
 from tests.support.osv_oracle import ECOSYSTEM_ZIPS, OSV_FIXTURES, expected_findings, load_records, reported
 from tests.support.scan_images import debian11_app
@@ -65,7 +65,7 @@ def one_line_error(result: Any, *words: str) -> str:
 
 
 def test_update_imports_each_archive_through_the_import_path(tmp_path: Path, mirror: OsvMirror) -> None:
-    data = tmp_path / "data"
+    data = data_directory(tmp_path / "data")
     done = update(data, mirror, *ECOSYSTEM_ZIPS)
     assert done.returncode == 0, describe(done)
     assert reports(done.stderr) == {name: (count, 0, 0) for name, count in RECORDS_PER_ZIP.items()}, done.stderr
@@ -87,7 +87,7 @@ def test_update_imports_each_archive_through_the_import_path(tmp_path: Path, mir
 
 def test_update_without_ecosystems_fetches_every_one_dockyard_scans(tmp_path: Path, mirror: OsvMirror) -> None:
     """The mirror has four of them: the other five are 404, each said on its line, and the exit status is 1."""
-    data = tmp_path / "data"
+    data = data_directory(tmp_path / "data")
     done = update(data, mirror)
     assert done.returncode == 1, describe(done)
     assert sorted(mirror.requested) == sorted(OsvMirror.path_of(name) for name in SCANNED)
@@ -101,7 +101,7 @@ def test_update_without_ecosystems_fetches_every_one_dockyard_scans(tmp_path: Pa
 
 def test_a_404_for_one_ecosystem_does_not_stop_the_others(tmp_path: Path, mirror: OsvMirror) -> None:
     mirror.remove("Debian")
-    data = tmp_path / "data"
+    data = data_directory(tmp_path / "data")
     done = update(data, mirror, "Debian", "PyPI")
     assert done.returncode == 1, describe(done)
     line = one_line_error(done, "Debian:", "HTTP 404")
@@ -111,7 +111,7 @@ def test_a_404_for_one_ecosystem_does_not_stop_the_others(tmp_path: Path, mirror
 
 
 def _imported_once(tmp_path: Path, mirror: OsvMirror) -> tuple[Path, list[str]]:
-    data = tmp_path / "data"
+    data = data_directory(tmp_path / "data")
     first = update(data, mirror, "PyPI", "npm")
     assert first.returncode == 0, describe(first)
     return data, status(data)
@@ -189,7 +189,7 @@ def test_a_checksum_that_differs_from_the_buckets_is_refused(tmp_path: Path, mir
 
 def test_an_unreachable_host_is_one_line(tmp_path: Path) -> None:
     port = free_port()  # bound and released: nothing listens there
-    data = tmp_path / "data"
+    data = data_directory(tmp_path / "data")
     done = dockyard(
         "scan-db", "update", "--source-url", f"http://127.0.0.1:{port}/", "--ecosystem", "PyPI", "--data-dir", str(data)
     )
@@ -305,7 +305,7 @@ def test_dockyard_scan_without_advisories_exits_1(tmp_path: Path) -> None:
     the exit status is not a pass."""
     image = debian11_app()
     image.layout(tmp_path / "layout")
-    done = dockyard("scan", str(tmp_path / "layout"), "--data-dir", str(tmp_path / "data"))
+    done = dockyard("scan", str(tmp_path / "layout"), "--data-dir", str(data_directory(tmp_path / "data")))
     assert done.returncode == 1, describe(done)
     document = json.loads(done.stdout)
     assert document["findings"] == []

@@ -15,13 +15,19 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, ServerProcess
+from dockyard.config import ACCOUNT_FILE, Settings
+from dockyard.server import prepare
+from tests.support.server import ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY, ServerProcess
 from tests.support.tools import COMMAND_TIMEOUT, describe
 
 
-def _bounded(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _bounded(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        return subprocess.run(
+            command, env=env, cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{command[:4]} did not finish within {COMMAND_TIMEOUT}s\n{exc.stderr!r}")
 
@@ -54,9 +60,19 @@ class Aws:
         return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
-def dockyard(*args: str) -> subprocess.CompletedProcess[str]:
+def dockyard(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`dockyard ARGS` (as `python -m dockyard`), bounded; never raises on a non-zero exit."""
-    return _bounded([sys.executable, "-m", "dockyard", *args])
+    return _bounded([sys.executable, "-m", "dockyard", *args], env, cwd)
+
+
+def data_directory(path: Path, account: str = ACCOUNT_ID) -> Path:
+    """A data directory as a first `dockyard serve` leaves it (metadata made, default account remembered),
+    for commands that refuse to create one."""
+    prepare(Settings(path, account, background_jobs=False)).engine.dispose()
+    (path / ACCOUNT_FILE).write_text(f"{account}\n")
+    return path
 
 
 def dockyard_ok(*args: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)  # more environment variables for the server
+    default_account: str | None = ACCOUNT_ID  # None: no --default-account (the registry's database decides)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     # HTTPS: the server is started with TLS flags (in extra_args) and this directory holds the CA to trust as
@@ -84,8 +85,7 @@ class ServerProcess:
             str(self.port),
             "--data-dir",
             str(self.data_dir),
-            "--default-account",
-            ACCOUNT_ID,
+            *(["--default-account", self.default_account] if self.default_account else []),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:

@@ -34,6 +34,7 @@ from dockyard.storage.metadata.schema import (
     leases,
     manifest_references,
     manifests,
+    registry_settings,
     repositories,
     repository_blobs,
     repository_documents,
@@ -227,6 +228,24 @@ class OperationRecords(StoreBase):
 
     def set_job_last_run(self, name: str, when: datetime) -> None:
         self._upsert(job_runs, {"name": name}, {"last_run_at": when})
+
+    def registry_setting(self, name: str) -> str | None:
+        with self._read() as connection:
+            value: str | None = connection.execute(
+                select(registry_settings.c.value).where(registry_settings.c.name == name)
+            ).scalar()
+        return value
+
+    def settle_registry_setting(self, name: str, proposed: str) -> str:
+        # INSERT … ON CONFLICT DO NOTHING, then read, in one transaction: of nodes starting at once, one
+        # inserts and the others wait for its commit (PostgreSQL's unique index; SQLite's write lock), then
+        # all read the same row.
+        with self._write() as connection:
+            connection.execute(self._insert_ignore(registry_settings).values(name=name, value=proposed))
+            value: str = connection.execute(
+                select(registry_settings.c.value).where(registry_settings.c.name == name)
+            ).scalar_one()
+        return value
 
 
 def _in_domain(domain: KeyDomain) -> ColumnElement[bool]:

@@ -230,6 +230,14 @@ leases = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# Registry-wide settings every node shares (the default account): written once, by the first node to start.
+registry_settings = Table(
+    "registry_settings",
+    metadata_obj,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(1024), nullable=False),
+)
+
 job_runs = Table(
     "job_runs",
     metadata_obj,
