@@ -24,9 +24,12 @@ MIGRATION_LOCK_KEY = 0x646F636B79617264  # "dockyard"
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision. On PostgreSQL nodes starting together take turns under an
-    advisory lock (the later ones then find nothing to do); SQLite serialises writers by itself."""
+    advisory lock (the later ones then find nothing to do). On SQLite the migration is one write transaction
+    begun IMMEDIATE: a deferred one would read the schema version, then fail at once with "database is locked"
+    when it tries to write after another node did, instead of waiting its turn."""
     config = alembic_config(engine)
-    with engine.connect() as connection:
+    with engine.connect() as plain:
+        connection = plain.execution_options(writes=True)
         postgres = engine.dialect.name == "postgresql"
         if postgres:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
