@@ -163,6 +163,17 @@ def test_invalid_repository_policy_in_ecrs_words(ecr: Any, created: str) -> None
         )
 
 
+def test_invalid_registry_policy_in_ecrs_words(ecr: Any) -> None:
+    grant = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"}, "Resource": "*"}
+    for text in ("not json", json.dumps({"Version": "2012-10-17", "Statement": [{**grant, "Action": "ecr:*"}]})):
+        message = refused("InvalidParameterException", ecr.put_registry_policy, policyText=text)
+        assert (
+            message
+            == "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid registry policy provided'"
+        )
+    refused("RegistryPolicyNotFoundException", ecr.get_registry_policy)  # nothing was stored
+
+
 def test_invalid_arn_in_ecrs_words(ecr: Any) -> None:
     for arn in ("arn:aws:s3:::bucket", f"arn:aws:ecr:us-east-1:{ACCOUNT_ID}:registry/x", "nonsense"):
         message = refused("InvalidParameterException", ecr.list_tags_for_resource, resourceArn=arn)
