@@ -340,12 +340,13 @@ def image_not_found(ref: RepositoryRef, failure: ImageFailure) -> ImageNotFound:
 
 
 def _names_its_media_type(raw: bytes) -> bool:
-    """Whether the manifest document carries a `mediaType` member (malformed JSON is parse_manifest's to refuse)."""
+    """Whether the manifest document names its type (`null` or "" name none); a document that is not a JSON
+    object is parse_manifest's to refuse, with its own reason."""
     try:
         document = json.loads(raw)
     except ValueError:
         return True
-    return not isinstance(document, dict) or "mediaType" in document
+    return not isinstance(document, dict) or document.get("mediaType") not in (None, "")
 
 
 class _LayerMediaTypes:
