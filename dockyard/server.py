@@ -206,6 +206,7 @@ class Dockyard:
             services.login_tokens,
             services.authorizer,
             services.scanner,
+            meter=services.meter,
         )
 
         self.public_door: ASGIApp = PublicEcrDoor(
@@ -215,6 +216,7 @@ class Dockyard:
             services.login_tokens,
             services.authorizer,
             services.scanner,
+            meter=services.meter,
         )
         self.kms_door: ASGIApp = KmsDoor(services.keys, services.authenticator, services.authorizer)
         self.query_door: ASGIApp = QueryDoor(services.accounts, services.authenticator, services.authorizer)

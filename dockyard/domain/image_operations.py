@@ -7,6 +7,8 @@ skopeo.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,12 +23,15 @@ from dockyard.domain.errors import (
     LayerAlreadyExists,
     LayerInaccessible,
     LayersNotFound,
+    ManifestBlobUnknown,
     ManifestReferenced,
 )
 from dockyard.domain.images import Registry
 from dockyard.domain.manifests import parse_manifest
 from dockyard.domain.names import TAG_RE, Digest, RepositoryRef
 from dockyard.domain.ports import ImageRow, ManifestRecord, Repository
+
+log = logging.getLogger("dockyard.images")
 
 # ECR's advertised part size for the layer upload API.
 PART_SIZE: Final = 10 * 1024 * 1024
@@ -57,6 +62,7 @@ class ResolvedImage:
 class LayerInfo:
     digest: str
     size: int | None  # None: not available in the repository
+    media_type: str | None = None  # as a manifest of the repository that lists the layer names it
 
 
 class ImageOperations:
@@ -105,10 +111,7 @@ class ImageOperations:
         """DescribeImages with imageIds: any unknown image fails the whole call."""
         found, failures = self.resolve(ref, ids)
         if failures:
-            raise ImageNotFound(
-                f"The image with imageId {_describe_id(failures[0].image_id)} does not exist within the repository "
-                f"with name '{ref.name}' in the registry with id '{ref.account_id}'"
-            )
+            raise image_not_found(ref, failures[0])
         unique: dict[Digest, ImageRow] = {item.row.manifest.digest: item.row for item in found}
         return list(unique.values())
 
@@ -161,7 +164,7 @@ class ImageOperations:
         repository = self.registry.repository(ref)
         found, failures = self.resolve(ref, [image_id])
         if failures:
-            raise ImageNotFound(f"The image {image_id} does not exist in the repository '{ref.name}'")
+            raise image_not_found(ref, failures[0])
         digest = Digest.parse(str(found[0].image_id.digest))
         self.metadata.set_storage_class(repository.id, digest, target, self.registry.clock())
         return found[0].image_id, "ARCHIVED" if target == "ARCHIVE" else "ACTIVE"
@@ -205,7 +208,10 @@ class ImageOperations:
         repository = self.registry.repository(ref)
         raw = manifest_text.encode("utf-8", "surrogatepass")  # a lone surrogate then fails UTF-8 decoding: refused
         expected = _parse_put_digest(digest_text) if digest_text else None
-        manifest = parse_manifest(raw, media_type, expected.algorithm if expected else "sha256")
+        if not media_type and not _names_its_media_type(raw):
+            raise InvalidParameter("image manifest mediatype not provided in manifest or parameter")
+        # ECR takes the parameter's word for the type: a Docker manifest need not name itself when it is given.
+        manifest = parse_manifest(raw, media_type, expected.algorithm if expected else "sha256", named=bool(media_type))
         if expected is not None and expected != manifest.digest:
             raise ImageDigestDoesNotMatch(
                 f"Invalid parameter at 'imageDigest' failed to satisfy constraint: '{digest_text} does not "
@@ -214,7 +220,15 @@ class ImageOperations:
         if tag is not None and not TAG_RE.fullmatch(tag):
             raise InvalidParameter(f"Invalid parameter at 'imageTag' failed to satisfy constraint: '{tag}'")
         self._refuse_unchanged(repository, manifest.digest, tag)
-        self.registry.store_manifest(repository, manifest, raw, [tag] if tag else [])
+        try:
+            self.registry.store_manifest(repository, manifest, raw, [tag] if tag else [])
+        except ManifestBlobUnknown as error:
+            log.info("PutImage into %s refused: %s", ref.name, error.message)
+            digests = ", ".join(item["digest"] for item in error.items)
+            raise LayersNotFound(
+                f"Layers with digests '[{digests}]' required for pushing image into repository with name "
+                f"'{ref.name}' in the registry with id '{ref.account_id}' do not exist"
+            ) from None
         return ImageId(str(manifest.digest), tag), manifest.media_type
 
     def _refuse_unchanged(self, repository: Repository, digest: Digest, tag: str | None) -> None:
@@ -234,13 +248,15 @@ class ImageOperations:
     def layer_availability(self, ref: RepositoryRef, digests: list[str]) -> tuple[list[LayerInfo], list[ImageFailure]]:
         repository = self.registry.repository(ref)
         layers, failures = [], []
+        media_types = _LayerMediaTypes(self.registry, repository)
         for text in digests:
             try:
                 digest = Digest.parse(text)
             except DockyardError:
                 failures.append(ImageFailure(ImageId(text), "InvalidLayerDigest", f"invalid layer digest {text!r}"))
                 continue
-            layers.append(LayerInfo(text, self.metadata.linked_blob_size(repository.id, digest)))
+            size = self.metadata.linked_blob_size(repository.id, digest)
+            layers.append(LayerInfo(text, size, media_types.of(digest) if size is not None else None))
         return layers, failures
 
     def upload_part(self, ref: RepositoryRef, upload_id: str, first: int, last: int, data: bytes) -> int:
@@ -288,9 +304,16 @@ class ImageOperations:
         digest = _parse_layer_digest([digest_text])
         repository = self.registry.repository(ref)
         if self.metadata.linked_blob_size(repository.id, digest) is None:
-            raise LayersNotFound(f"The layer '{digest}' does not exist in the repository '{ref.name}'")
+            raise LayersNotFound(
+                f"Layer with digest '{digest}' does not exist in the repository with name '{ref.name}' in the "
+                f"registry with id '{ref.account_id}'"
+            )
         if not self.metadata.blob_referenced(repository.id, digest):
-            raise LayerInaccessible(f"The layer '{digest}' is not referenced by an image in '{ref.name}'")
+            log.info("GetDownloadUrlForLayer in %s: layer %s was uploaded but no image lists it", ref.name, digest)
+            raise LayerInaccessible(
+                f"The layer with digest '{digest}' in the repository with name '{ref.name}' in the registry with "
+                f"id '{ref.account_id}' is not available because it is not associated with an image"
+            )
         return digest
 
 
@@ -323,10 +346,54 @@ def _parse_layer_digest(digests: list[str]) -> Digest:
     raise InvalidParameter(f"Invalid parameter at 'layerDigests': no supported digest in {digests}")
 
 
-def _describe_id(image_id: ImageId) -> str:
-    parts = []
-    if image_id.digest:
-        parts.append(f"imageDigest={image_id.digest}")
-    if image_id.tag:
-        parts.append(f"imageTag={image_id.tag}")
-    return "{" + ", ".join(parts) + "}"
+def describe_id(image_id: ImageId) -> str:
+    """An image id as ECR's messages render it (Java's rendering: an absent member is 'null')."""
+    return f"{{imageDigest:'{image_id.digest or 'null'}', imageTag:'{image_id.tag or 'null'}'}}"
+
+
+def image_not_found(ref: RepositoryRef, failure: ImageFailure) -> ImageNotFound:
+    """ECR's ImageNotFoundException for an id that resolved to nothing; why it failed goes to the log."""
+    log.info("image %s not found in %s: %s (%s)", failure.image_id, ref.name, failure.reason, failure.code)
+    return ImageNotFound(
+        f"The image with imageId {describe_id(failure.image_id)} does not exist within the repository with name "
+        f"'{ref.name}' in the registry with id '{ref.account_id}'"
+    )
+
+
+def _names_its_media_type(raw: bytes) -> bool:
+    """Whether the manifest document names its type (`null` or "" name none); a document that is not a JSON
+    object is parse_manifest's to refuse, with its own reason."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return True
+    return not isinstance(document, dict) or document.get("mediaType") not in (None, "")
+
+
+class _LayerMediaTypes:
+    """The media type of layers as the manifests that list them say, reading each manifest at most once."""
+
+    def __init__(self, registry: Registry, repository: Repository) -> None:
+        self.registry, self.repository = registry, repository
+        self.known: dict[Digest, str] = {}
+        self.read: set[Digest] = set()
+
+    def of(self, digest: Digest) -> str | None:
+        if digest not in self.known:
+            parent = self.registry.metadata.blob_parent(self.repository.id, digest)
+            if parent is not None and parent not in self.read:
+                self.read.add(parent)
+                self._learn(parent)
+        return self.known.get(digest)
+
+    def _learn(self, digest: Digest) -> None:
+        record = self.registry.metadata.get_manifest(self.repository.id, digest)
+        if record is None:  # deleted meanwhile: the type is unknown, which the answer may leave out
+            return
+        try:
+            content = self.registry.manifest_content(self.repository, record)
+            parsed = parse_manifest(content, record.media_type, named=True)
+        except DockyardError:
+            return
+        for descriptor in parsed.blobs:
+            self.known.setdefault(descriptor.digest, descriptor.media_type)

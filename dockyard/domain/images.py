@@ -446,7 +446,7 @@ class Registry:
         if record is None:
             raise ManifestUnknown(f"manifest {digest} unknown", detail={"digest": str(digest)})
         raw = self.manifest_content(source, record)
-        manifest = parse_manifest(raw, record.media_type, digest.algorithm)
+        manifest = parse_manifest(raw, record.media_type, digest.algorithm, named=True)  # stored: its type is known
         for child in manifest.children:
             if self.metadata.get_manifest(destination.id, child.digest) is None:
                 self.copy_image(source, child.digest, [], destination)

@@ -68,11 +68,14 @@ def media_type_base(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_manifest(raw: bytes, content_type: str | None, digest_algorithm: str = "sha256") -> ParsedManifest:
+def parse_manifest(
+    raw: bytes, content_type: str | None, digest_algorithm: str = "sha256", named: bool = False
+) -> ParsedManifest:
+    """`named`: the caller named the type itself (ECR's imageManifestMediaType), so a Docker document need not."""
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestTooLarge(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
     document = _load_json_object(raw)
-    media_type = _resolve_media_type(document, media_type_base(content_type))
+    media_type = _resolve_media_type(document, media_type_base(content_type), named)
     if document.get("schemaVersion") != 2:
         raise ManifestInvalid("schemaVersion must be 2")
     digest = Digest.of(raw, digest_algorithm)
@@ -136,7 +139,7 @@ def _no_constant(name: str) -> Any:
     raise ManifestInvalid(f"manifest contains {name}, which is not JSON")
 
 
-def _resolve_media_type(document: dict[str, Any], content_type: str) -> str:
+def _resolve_media_type(document: dict[str, Any], content_type: str, named: bool = False) -> str:
     declared = document.get("mediaType")
     if declared is not None and not isinstance(declared, str):
         raise ManifestInvalid("mediaType must be a string")
@@ -148,7 +151,7 @@ def _resolve_media_type(document: dict[str, Any], content_type: str) -> str:
         raise ManifestInvalid("Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI")
     if media_type not in MANIFEST_TYPES:
         raise ManifestInvalid(f"unsupported manifest media type {media_type!r}")
-    if media_type in _SELF_NAMING_TYPES and not declared:
+    if media_type in _SELF_NAMING_TYPES and not declared and not (named and header):
         raise ManifestInvalid(f"a {media_type} document must carry its mediaType")
     return media_type
 

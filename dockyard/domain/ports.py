@@ -425,6 +425,10 @@ class ManifestStore(Protocol):
         """The manifests of the repository that list `digest` as a child."""
         ...
 
+    def blob_parent(self, repository_id: int, digest: Digest) -> Digest | None:
+        """One manifest of the repository that lists `digest` as its config or a layer (None: none does)."""
+        ...
+
     def list_tags(self, repository_id: int, after: str | None, limit: int) -> list[str]: ...
 
     def list_images(

@@ -6,6 +6,7 @@ Each is a JSON document kept verbatim in the metadata store under its kind.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Final
 
 from dockyard.domain.cache import TtlCache
@@ -14,6 +15,12 @@ from dockyard.domain.errors import InvalidParameter, RegistryPolicyNotFound
 from dockyard.domain.names import ALIAS_RE, PUBLIC_REGION
 from dockyard.domain.policies import Policy, PolicyInvalid
 from dockyard.domain.ports import Document, DocumentStore
+
+log = logging.getLogger("dockyard.registries")
+# ECR's one sentence for any refused registry policy (scripts match it); what is wrong goes to the log.
+INVALID_REGISTRY_POLICY: Final = (
+    "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid registry policy provided'"
+)
 
 REGISTRY_POLICY: Final = "registry-policy"
 REPLICATION: Final = "replication-configuration"
@@ -73,15 +80,19 @@ class Registries:
         try:
             policy = Policy.parse(text, kind="resource")
         except PolicyInvalid as error:
-            raise InvalidParameter(f"Invalid registry policy provided: {error.message}") from None
+            log.info("registry policy of %s refused: %s", account_id, error.message)
+            raise InvalidParameter(INVALID_REGISTRY_POLICY) from None
         # Any other action, or a wildcard that covers others, is refused (action names are case-insensitive).
         allowed = {action.lower() for action in REGISTRY_POLICY_ACTIONS}
         stray = [action for action in policy.mentioned_actions() if action.lower() not in allowed]
         if stray:
-            raise InvalidParameter(
-                "Invalid registry policy provided: a registry policy can only grant ecr:ReplicateImage, "
-                f"ecr:BatchImportUpstreamImage and ecr:CreateRepository, not {', '.join(stray)}"
+            log.info(
+                "registry policy of %s refused: a registry policy can only grant ecr:ReplicateImage, "
+                "ecr:BatchImportUpstreamImage and ecr:CreateRepository, not %s",
+                account_id,
+                ", ".join(stray),
             )
+            raise InvalidParameter(INVALID_REGISTRY_POLICY)
         self.store.put_registry_document(account_id, region, REGISTRY_POLICY, text, self.clock())
         return text
 

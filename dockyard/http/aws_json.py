@@ -235,7 +235,11 @@ def error_response(error: DockyardError) -> Response:
         status = error.http_status  # 507: a full disk, not a bug; the same status as on the registry door
     if error.http_status == 501:  # a transfer coding the server does not implement (RFC 9112 §6.1)
         status = 501
-    if error.http_status in (401, 403) and error.ecr_exception in ("AccessDeniedException",):
+    # AWS answers a refused or unsigned call 403 (MissingAuthenticationTokenException: no Authorization at all).
+    if error.http_status in (401, 403) and error.ecr_exception in (
+        "AccessDeniedException",
+        "MissingAuthenticationTokenException",
+    ):
         status = error.http_status
     if error.ecr_exception == "ServiceUnavailableException":  # AWS SDKs retry a 503 (after its Retry-After)
         status = error.http_status

@@ -11,6 +11,7 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -23,12 +24,12 @@ from dockyard.domain.errors import (
     ScanNotFound,
 )
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens, Principal
-from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations
+from dockyard.domain.image_operations import PART_SIZE, ImageFailure, ImageId, ImageOperations, describe_id
 from dockyard.domain.images import Registry
 from dockyard.domain.lifecycle import parse_policy
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.names import PUBLIC_REGION, Digest, RegistryId, RepositoryRef, parse_decimal
-from dockyard.domain.policies import Policy
+from dockyard.domain.policies import Policy, PolicyInvalid
 from dockyard.domain.ports import ImageRow, Repository, RepositorySettings, ScanRecord, Template
 from dockyard.domain.registries import REPLICATION, SCANNING, Registries
 from dockyard.domain.replication import check_configuration as check_replication
@@ -36,13 +37,19 @@ from dockyard.domain.replication import check_destination_regions, replication_s
 from dockyard.domain.repositories import Repositories, check_settings
 from dockyard.domain.scanning.service import ImageScanner
 from dockyard.domain.templates import settings_of
+from dockyard.domain.usage import UsageMeter
 from dockyard.http.auth import request_context
 from dockyard.http.aws_door import AwsJsonDoor
 from dockyard.http.ecr_settings import AUTHORIZED_AS, EcrSettingsOperations
+from dockyard.http.errors import log
 from dockyard.http.sigv4 import GLOBAL_SIGNING_REGION, Verified, presign_get
 
 ECR_TARGET: Final = "AmazonEC2ContainerRegistry_V20150921"
 DEFAULT_PAGE: Final = 100
+NEVER_EVALUATED: Final = datetime.fromtimestamp(0, UTC)  # ECR's lastEvaluatedAt before a policy's first run
+INVALID_REPOSITORY_POLICY: Final = (
+    "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid repository policy provided'"
+)
 
 
 class RepositoryNotFound(NameUnknown):
@@ -87,8 +94,10 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         login_tokens: LoginTokens,
         authorizer: Authorizer,
         scanner: ImageScanner,
+        meter: UsageMeter | None = None,
     ) -> None:
         self.registry = registry
+        self.meter = meter  # PutImage and BatchGetImage count as pushes and pulls, as on the /v2 door
         self.scanner = scanner
         self.repositories = repositories
         self.images = ImageOperations(registry)
@@ -269,7 +278,13 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         return {"registryId": call.account, "repositoryName": call.params["repositoryName"], **extra}
 
     def set_repository_policy(self, call: EcrCall) -> dict[str, Any]:
-        text = self._guard_repository(call, lambda: self.repositories.set_policy(call.ref(), call.params["policyText"]))
+        try:
+            text = self._guard_repository(
+                call, lambda: self.repositories.set_policy(call.ref(), call.params["policyText"])
+            )
+        except PolicyInvalid as error:  # ECR names no reason; scripts match its one sentence, the log says why
+            log.info("SetRepositoryPolicy on %s refused: %s", call.params["repositoryName"], error.message)
+            raise PolicyInvalid(INVALID_REPOSITORY_POLICY) from None
         return self._repository_document(call, text, policyText=text)
 
     def get_repository_policy(self, call: EcrCall) -> dict[str, Any]:
@@ -287,7 +302,7 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
 
     def get_lifecycle_policy(self, call: EcrCall) -> dict[str, Any]:
         document = self._guard_repository(call, lambda: self.repositories.lifecycle_policy(call.ref()))
-        evaluated = self.lifecycle.last_evaluated(call.ref())
+        evaluated = self.lifecycle.last_evaluated(call.ref()) or NEVER_EVALUATED
         return self._repository_document(
             call, document.text, lifecyclePolicyText=document.text, lastEvaluatedAt=evaluated
         )
@@ -296,7 +311,7 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         evaluated = self._guard_repository(call, lambda: self.lifecycle.last_evaluated(call.ref()))
         document = self.repositories.delete_lifecycle_policy(call.ref())
         return self._repository_document(
-            call, document.text, lifecyclePolicyText=document.text, lastEvaluatedAt=evaluated
+            call, document.text, lifecyclePolicyText=document.text, lastEvaluatedAt=evaluated or NEVER_EVALUATED
         )
 
     def start_lifecycle_policy_preview(self, call: EcrCall) -> dict[str, Any]:
@@ -360,8 +375,8 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         scan = self.registry.metadata.get_scans(repository.id, [found.manifest.digest]).get(found.manifest.digest)
         if scan is None:
             raise ScanNotFound(
-                f"Image scan does not exist for the image with '{found.manifest.digest}' in the repository with "
-                f"name '{ref.name}' in the registry with id '{ref.account_id}'"
+                f"Image scan does not exist for the image with '{describe_id(_image_ids([image])[0])}' "
+                f"in the repository with name '{ref.name}' in the registry with id '{ref.account_id}'"
             )
         result: dict[str, Any] = {
             "registryId": call.account,
@@ -533,6 +548,9 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         images, failures = self._guard_repository(
             call, lambda: self.images.batch_get(ref, _image_ids(call.params["imageIds"]), accepted, call.principal.arn)
         )
+        if self.meter is not None:
+            for _, content in images:
+                self.meter.pulled(ref, len(content))
         return {
             "images": [
                 {
@@ -561,6 +579,8 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
                 call.ref(), p["imageManifest"], p.get("imageManifestMediaType"), p.get("imageTag"), p.get("imageDigest")
             ),
         )
+        if self.meter is not None:
+            self.meter.pushed(call.ref())
         return {
             "image": {
                 "registryId": call.account,
@@ -583,6 +603,7 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
                     "layerDigest": layer.digest,
                     "layerAvailability": "AVAILABLE" if layer.size is not None else "UNAVAILABLE",
                     "layerSize": layer.size,
+                    "mediaType": layer.media_type,
                 }
                 for layer in layers
             ],
@@ -652,9 +673,11 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
 
 
 def _scan_status(scan: ScanRecord) -> dict[str, Any]:
-    """ImageScanStatus as basic scanning reports it: a queued scan is IN_PROGRESS (PENDING is enhanced's)."""
-    status = "IN_PROGRESS" if scan.status == "PENDING" else scan.status
-    return {"status": status, "description": scan.description}
+    """ImageScanStatus as basic scanning reports it: a queued scan is IN_PROGRESS (PENDING is enhanced's),
+    and, as ECR, without a description until the scan ends."""
+    if scan.status in ("PENDING", "IN_PROGRESS"):
+        return {"status": "IN_PROGRESS"}
+    return {"status": scan.status, "description": scan.description}
 
 
 def _page(call: EcrCall) -> tuple[str | None, int]:
@@ -747,7 +770,8 @@ def _ref_from_arn(arn: str) -> RepositoryRef:
     parts = arn.split(":", 5)
     valid = len(parts) == 6 and parts[0] == "arn" and parts[2] in ("ecr", "ecr-public")
     if not valid or not parts[5].startswith("repository/"):
-        raise InvalidParameter(f"Invalid parameter at 'resourceArn' failed to satisfy constraint: '{arn}'")
+        log.info("resourceArn %r is not an ECR repository ARN", arn)
+        raise InvalidParameter("Invalid parameter at 'resourceArn' failed to satisfy constraint: 'Invalid ARN'")
     region = PUBLIC_REGION if parts[2] == "ecr-public" else parts[3]
     return RepositoryRef(parts[4], region, parts[5].removeprefix("repository/"))
 

@@ -39,6 +39,7 @@ IMPORT_BATCH: Final = 1000
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 SCAN_CLAIM: Final = timedelta(minutes=15)
 SCANS_PER_IMAGE_PER_DAY: Final = 1  # ECR's basic-scanning quota for StartImageScan
+SCAN_QUOTA_EXCEEDED: Final = "The scan quota per image has been exceeded. Wait and try again."  # ECR's words
 INCOMPLETE: Final = "The scan is incomplete: no advisory database for ecosystem"
 UPDATE_HINT: Final = "run `dockyard scan-db update` (or `dockyard scan-db import`), then scan again"
 _LAYER_HINTS: Final = ("tar", "layer")
@@ -242,15 +243,18 @@ class ImageScanner:
         """StartImageScan: at most one scan per image per day, as ECR."""
         now = self.clock()
         previous = self.metadata.get_scans(repository.id, [digest]).get(digest)
-        if previous is not None and previous.status in ("PENDING", "IN_PROGRESS"):
-            return previous
         # A FAILED scan gave no verdict on the image (an advisory database missing, a bug, unreadable data):
-        # it does not use the day's quota, so the rescan after `dockyard scan-db update` runs at once.
+        # it does not use the day's quota, so the rescan after `dockyard scan-db update` runs at once. A scan
+        # still queued or running has used it, as in ECR.
         if previous is not None and previous.status != "FAILED" and now - previous.requested_at < timedelta(days=1):
-            raise LimitExceeded(
-                f"The scan quota per image has been exceeded. Wait and try again: image {digest} was scanned at "
-                f"{previous.requested_at.isoformat()}"
+            log.info(
+                "StartImageScan of %s in %s refused: a scan was requested at %s (%s)",
+                digest,
+                repository.ref.name,
+                previous.requested_at.isoformat(),
+                previous.status,
             )
+            raise LimitExceeded(SCAN_QUOTA_EXCEEDED)
         self.metadata.request_scan(repository.id, digest, now)
         return ScanRecord("PENDING", "The scan is waiting to start.", now, None, None, None)
 
@@ -308,7 +312,7 @@ class ImageScanner:
         if record is None or repository is None:
             raise ScanFailed("the image no longer exists", detail="unsupported")
         store = self.registry.store_of(repository)
-        manifest = parse_manifest(self.registry.manifest_content(repository, record), record.media_type)
+        manifest = parse_manifest(self.registry.manifest_content(repository, record), record.media_type, named=True)
         if manifest.is_index:
             raise ScanFailed("Image lists are not scanned; scan each image of the list.", detail="unsupported")
         layers = [d for d in manifest.blobs[1:] if any(hint in d.media_type for hint in _LAYER_HINTS)]

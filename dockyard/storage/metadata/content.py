@@ -244,6 +244,16 @@ class ContentRecords(StoreBase):
         with self._read() as connection:
             return connection.execute(query.limit(1)).first() is not None
 
+    def blob_parent(self, repository_id: int, digest: Digest) -> Digest | None:
+        query = select(manifest_references.c.parent_digest).where(
+            manifest_references.c.repository_id == repository_id,
+            manifest_references.c.child_digest == str(digest),
+            manifest_references.c.is_manifest.is_(False),
+        )
+        with self._read() as connection:
+            parent = connection.execute(query.limit(1)).scalar()
+        return None if parent is None else Digest.parse(parent)
+
     def manifest_parents(self, repository_id: int, digest: Digest) -> list[Digest]:
         query = select(manifest_references.c.parent_digest).where(
             manifest_references.c.repository_id == repository_id,
