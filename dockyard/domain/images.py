@@ -198,7 +198,8 @@ class Registry:
     # ----------------------------------------------------------------------------------- blobs
 
     def blob_size(self, ref: RepositoryRef, digest: Digest) -> int:
-        size = self.metadata.linked_blob_size(self.repository(ref).id, digest)
+        """The size a blob HEAD/GET answers (through the store's pull cache: docs/architecture.md)."""
+        size = self.metadata.pull_linked_blob_size(self.repository(ref).id, digest)
         if size is None:
             raise BlobUnknown(f"blob {digest} unknown to repository", detail={"digest": str(digest)})
         return size
@@ -350,12 +351,13 @@ class Registry:
         return PushedManifest(manifest.digest, subject, tuple(tags))
 
     def manifest(self, ref: RepositoryRef, reference: str) -> ManifestRecord:
+        """The record a pull serves (through the store's pull cache: docs/architecture.md)."""
         repository = self.repository(ref)
         if is_digest_reference(reference):
-            record = self.metadata.get_manifest(repository.id, Digest.parse(reference))
+            record = self.metadata.pull_manifest(repository.id, Digest.parse(reference))
         else:
             # A tag that could never have been pushed names nothing: unknown (404), as the spec's pull wants.
-            record = self.metadata.resolve_tag(repository.id, reference) if is_tag(reference) else None
+            record = self.metadata.pull_manifest(repository.id, reference) if is_tag(reference) else None
         if record is None:
             raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
         if record.storage_class == "ARCHIVE":

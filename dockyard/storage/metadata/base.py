@@ -17,6 +17,7 @@ from sqlalchemy.sql.dml import Insert
 from dockyard.domain.cache import TtlCache
 from dockyard.domain.ports import (
     Document,
+    ManifestRecord,
     Repository,
 )
 
@@ -30,6 +31,17 @@ class StoreBase:
         # Repositories and their documents are read on every request and change rarely (see TtlCache).
         self._repositories: TtlCache[Repository | None] = TtlCache(cache_ttl)
         self._documents: TtlCache[Document | None] = TtlCache(cache_ttl)
+        # What a pull reads (a tag's or digest's manifest record, a blob link's size), for the registry door's
+        # GET/HEAD only: present answers only (an absent one is asked again, so content pushed through another
+        # node is found at once). Every write to manifests, tags or links through this store forgets them all
+        # at once; a write through another process or node is seen within `cache_ttl` (docs/architecture.md).
+        self._pull_records: TtlCache[ManifestRecord | None] = TtlCache(cache_ttl)
+        self._pull_links: TtlCache[int | None] = TtlCache(cache_ttl)
+
+    def _forget_content(self) -> None:
+        """After a write to manifests, tags or blob links: the pull caches must not answer from before it."""
+        self._pull_records.clear()
+        self._pull_links.clear()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
