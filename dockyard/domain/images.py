@@ -158,6 +158,9 @@ class Registry:
         self.clock = clock
         self.new_id = new_id
         self.hashes = RunningHashes()
+        # Pull times being written: concurrent pulls of one image wait for no second write of the same hour.
+        self._recording: set[tuple[RepositoryRef, Digest]] = set()
+        self._recording_lock = threading.Lock()
         self.manifest_cache = ByteLru(MANIFEST_CACHE_BYTES)
         # Told of every manifest stored, after it is stored (e.g. to queue a scan); must be quick.
         self.push_listeners: list[Callable[[Repository, ParsedManifest], None]] = []
@@ -375,14 +378,25 @@ class Registry:
         return last is None or now - last >= PULL_RECORD_INTERVAL
 
     def note_pull(self, ref: RepositoryRef, digest: Digest, last: datetime | None, now: datetime) -> None:
-        if self.pull_needs_recording(last, now):
+        """Record the pull time when it is due (at most hourly per image). The write is awaited by the pull that
+        makes it, so DescribeImages shows a pull at once; pulls of the image meanwhile do not write it again."""
+        if not self.pull_needs_recording(last, now):
+            return
+        key = (ref, digest)
+        with self._recording_lock:
+            if key in self._recording:
+                return  # another pull is writing this hour's time right now
+            self._recording.add(key)
+        try:
             repository = self.metadata.get_repository(ref)
             if repository is not None:
-                try:
-                    self.metadata.record_pull(repository.id, digest, now)
-                except InsufficientStorage as error:
-                    # A pull is a read: a full disk must not fail it. The next pull records the time again.
-                    log.warning("the pull of %s in %s was not recorded: %s", digest, ref, error.message)
+                self.metadata.record_pull(repository.id, digest, now)
+        except InsufficientStorage as error:
+            # A pull is a read: a full disk must not fail it. The next pull records the time again.
+            log.warning("the pull of %s in %s was not recorded: %s", digest, ref, error.message)
+        finally:
+            with self._recording_lock:
+                self._recording.discard(key)
 
     def manifest_content(self, repository: Repository, record: ManifestRecord) -> bytes:
         store = self.store_of(repository)
