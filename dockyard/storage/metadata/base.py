@@ -37,11 +37,14 @@ class StoreBase:
         # at once; a write through another process or node is seen within `cache_ttl` (docs/architecture.md).
         self._pull_records: TtlCache[ManifestRecord | None] = TtlCache(cache_ttl)
         self._pull_links: TtlCache[int | None] = TtlCache(cache_ttl)
+        # Bumped by every such write: an answer read while one committed is not kept (it may be from before it).
+        self._content_generation = 0
         # An IAM user's inline policies, read on each of its requests: the same bound as repository policies.
         self._user_policies: TtlCache[dict[str, str]] = TtlCache(cache_ttl)
 
     def _forget_content(self) -> None:
         """After a write to manifests, tags or blob links: the pull caches must not answer from before it."""
+        self._content_generation += 1
         self._pull_records.clear()
         self._pull_links.clear()
 

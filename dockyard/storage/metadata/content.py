@@ -52,8 +52,9 @@ class ContentRecords(StoreBase):
         answered for up to the cache's TTL (a push that skipped the upload then fails its manifest PUT, whose
         check is never cached, with MANIFEST_BLOB_UNKNOWN: nothing is ever stored without its content)."""
         key = (repository_id, digest)
+        generation = self._content_generation
         size = self._pull_links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
-        if size is None:
+        if size is None or generation != self._content_generation:
             self._pull_links.invalidate(key)
         return size
 
@@ -145,13 +146,14 @@ class ContentRecords(StoreBase):
         expired, archived or re-tagged through this store is forgotten at once, through another node within
         the cache's TTL."""
         key = (repository_id, reference)
+        generation = self._content_generation
         if isinstance(reference, Digest):
             digest = reference
             record = self._pull_records.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
         else:
             tag = reference
             record = self._pull_records.get_or_load(key, lambda: self.resolve_tag(repository_id, tag))
-        if record is None:
+        if record is None or generation != self._content_generation:
             self._pull_records.invalidate(key)
         return record
 
