@@ -48,13 +48,15 @@ class ContentRecords(StoreBase):
         return self._load_linked_blob_size(repository_id, digest)
 
     def pull_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
-        """`linked_blob_size` for a HEAD/GET of the blob: a link removed through another node may still be
-        answered for up to the cache's TTL (a push that skipped the upload then fails its manifest PUT, whose
-        check is never cached, with MANIFEST_BLOB_UNKNOWN: nothing is ever stored without its content)."""
+        """`linked_blob_size` for a HEAD/GET of the blob: cached only where every writer is heard at once (SQLite,
+        through `SharedGeneration`), since a client told a removed link still exists skips the upload and then
+        has its manifest refused; on PostgreSQL every node asks the database."""
+        if self._shared is None:
+            return self._load_linked_blob_size(repository_id, digest)
         key = (repository_id, digest)
-        generation = self._content_generation
+        generation = self._pull_generation()
         size = self._pull_links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
-        if size is None or generation != self._content_generation:
+        if size is None or generation != self._pull_generation():
             self._pull_links.invalidate(key)
         return size
 
@@ -146,14 +148,14 @@ class ContentRecords(StoreBase):
         expired, archived or re-tagged through this store is forgotten at once, through another node within
         the cache's TTL."""
         key = (repository_id, reference)
-        generation = self._content_generation
+        generation = self._pull_generation()
         if isinstance(reference, Digest):
             digest = reference
             record = self._pull_records.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
         else:
             tag = reference
             record = self._pull_records.get_or_load(key, lambda: self.resolve_tag(repository_id, tag))
-        if record is None or generation != self._content_generation:
+        if record is None or generation != self._pull_generation():
             self._pull_records.invalidate(key)
         return record
 
