@@ -21,7 +21,8 @@ from tests.api.helpers import push_blob, push_image
 from tests.api.test_usage_metering import AUTH
 from tests.support.server import ACCOUNT_ID
 
-# Statements a warm request may make: raise only with a reason written here.
+# Statements a warm request may make (on SQLite, as these services run; a PostgreSQL node asks the database
+# for blob links: docs/architecture.md): raise only with a reason written here.
 MANIFEST_GET_BUDGET = 0
 HEAD_BLOB_BUDGET = 0
 LAYER = b"budget layer " * 100
