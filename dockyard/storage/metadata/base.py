@@ -23,6 +23,7 @@ from dockyard.domain.ports import (
     ManifestRecord,
     Repository,
 )
+from dockyard.storage.private import FILE_MODE
 
 
 class SharedGeneration:
@@ -32,8 +33,9 @@ class SharedGeneration:
     call. So on one data directory the pull cache is never stale, whichever process wrote."""
 
     def __init__(self, path: Path) -> None:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
+            os.fchmod(descriptor, FILE_MODE)  # owner-only, whatever the umask (storage/private.py)
             if os.fstat(descriptor).st_size < 8:
                 os.ftruncate(descriptor, 8)
             self._map = mmap.mmap(descriptor, 8)
