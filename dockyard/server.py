@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
 import secrets
 from collections.abc import Callable
@@ -305,6 +306,9 @@ class Dockyard:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # What startup built (modules, routes, services) lives as long as the process: kept out of the
+                # collector's generations, a full collection no longer walks it (shorter pauses, lower p99).
+                gc.freeze()
                 self.drain.bind(asyncio.get_running_loop())
                 usage.start()
                 if scheduler is not None and scans is not None:

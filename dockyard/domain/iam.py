@@ -173,6 +173,7 @@ class Authorizer:
         self.audit = audit
         self.clock = clock
         self._parsed: dict[tuple[str, str], Policy] = {}
+        self._current_time: tuple[datetime, str] | None = None  # aws:CurrentTime, formatted once a second
 
     def authorize(
         self,
@@ -295,8 +296,16 @@ class Authorizer:
     def _request(
         self, principal: Principal, action: str, resource: str, account_id: str, context: Mapping[str, str]
     ) -> RequestContext:
-        values = {"aws:CurrentTime": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"), **context}
+        values = {"aws:CurrentTime": self._now_text(), **context}
         return RequestContext(principal.account_id, principal.arn, action, resource, account_id, values)
+
+    def _now_text(self) -> str:
+        now = self.clock().replace(microsecond=0)
+        cached = self._current_time
+        if cached is None or cached[0] != now:
+            cached = (now, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            self._current_time = cached
+        return cached[1]
 
     def _identity_policies(self, principal: Principal) -> list[ParsedPolicy]:
         if principal.user_name is None:

@@ -159,6 +159,9 @@ class Registry:
         self.clock = clock
         self.new_id = new_id
         self.hashes = RunningHashes()
+        # Pull times being written: concurrent pulls of one image wait for no second write of the same hour.
+        self._recording: set[tuple[RepositoryRef, Digest]] = set()
+        self._recording_lock = threading.Lock()
         self.manifest_cache = ByteLru(MANIFEST_CACHE_BYTES)
         # Told of every manifest stored, after it is stored (e.g. to queue a scan); must be quick.
         self.push_listeners: list[Callable[[Repository, ParsedManifest], None]] = []
@@ -200,7 +203,8 @@ class Registry:
     # ----------------------------------------------------------------------------------- blobs
 
     def blob_size(self, ref: RepositoryRef, digest: Digest) -> int:
-        size = self.metadata.linked_blob_size(self.repository(ref).id, digest)
+        """The size a blob HEAD/GET answers (through the store's pull cache: docs/architecture.md)."""
+        size = self.metadata.pull_linked_blob_size(self.repository(ref).id, digest)
         if size is None:
             raise BlobUnknown(f"blob {digest} unknown to repository", detail={"digest": str(digest)})
         return size
@@ -352,12 +356,13 @@ class Registry:
         return PushedManifest(manifest.digest, subject, tuple(tags))
 
     def manifest(self, ref: RepositoryRef, reference: str) -> ManifestRecord:
+        """The record a pull serves (through the store's pull cache: docs/architecture.md)."""
         repository = self.repository(ref)
         if is_digest_reference(reference):
-            record = self.metadata.get_manifest(repository.id, Digest.parse(reference))
+            record = self.metadata.pull_manifest(repository.id, Digest.parse(reference))
         else:
             # A tag that could never have been pushed names nothing: unknown (404), as the spec's pull wants.
-            record = self.metadata.resolve_tag(repository.id, reference) if is_tag(reference) else None
+            record = self.metadata.pull_manifest(repository.id, reference) if is_tag(reference) else None
         if record is None:
             raise ManifestUnknown(f"manifest {reference!r} unknown", detail={"reference": reference})
         if record.storage_class == "ARCHIVE":
@@ -377,17 +382,28 @@ class Registry:
     def note_pull(
         self, ref: RepositoryRef, digest: Digest, last: datetime | None, now: datetime, puller: str | None = None
     ) -> None:
-        """Record a pull by `puller` (a principal ARN), unless the registry excludes it (a cached lookup)."""
-        if self.pull_needs_recording(last, now) and not self.account_settings.pull_time_excluded(
-            ref.account_id, ref.region, puller
-        ):
+        """Record a pull by `puller` (a principal ARN) when it is due (at most hourly per image), unless the
+        registry excludes the puller (a cached lookup). The write is awaited by the pull that makes it, so
+        DescribeImages shows a pull at once; pulls of the image meanwhile do not write it again."""
+        if not self.pull_needs_recording(last, now):
+            return
+        if self.account_settings.pull_time_excluded(ref.account_id, ref.region, puller):
+            return
+        key = (ref, digest)
+        with self._recording_lock:
+            if key in self._recording:
+                return  # another pull is writing this hour's time right now
+            self._recording.add(key)
+        try:
             repository = self.metadata.get_repository(ref)
             if repository is not None:
-                try:
-                    self.metadata.record_pull(repository.id, digest, now)
-                except InsufficientStorage as error:
-                    # A pull is a read: a full disk must not fail it. The next pull records the time again.
-                    log.warning("the pull of %s in %s was not recorded: %s", digest, ref, error.message)
+                self.metadata.record_pull(repository.id, digest, now)
+        except InsufficientStorage as error:
+            # A pull is a read: a full disk must not fail it. The next pull records the time again.
+            log.warning("the pull of %s in %s was not recorded: %s", digest, ref, error.message)
+        finally:
+            with self._recording_lock:
+                self._recording.discard(key)
 
     def manifest_content(self, repository: Repository, record: ManifestRecord) -> bytes:
         store = self.store_of(repository)

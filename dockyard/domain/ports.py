@@ -363,6 +363,10 @@ class RepositoryStore(Protocol):
 class BlobLinkStore(Protocol):
     def linked_blob_size(self, repository_id: int, digest: Digest) -> int | None: ...
 
+    def pull_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
+        """`linked_blob_size` for a blob HEAD/GET, possibly from a short-lived cache (see the store)."""
+        ...
+
     def linked_blob_sizes(self, repository_id: int, digests: Iterable[Digest]) -> dict[Digest, int]:
         """The sizes of those of `digests` linked to the repository, in one query."""
         ...
@@ -394,6 +398,10 @@ class ManifestStore(Protocol):
     def get_manifest(self, repository_id: int, digest: Digest) -> ManifestRecord | None: ...
 
     def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None: ...
+
+    def pull_manifest(self, repository_id: int, reference: Digest | str) -> ManifestRecord | None:
+        """The record a pull of a digest or tag serves, possibly from a short-lived cache (see the store)."""
+        ...
 
     def put_manifest(
         self,

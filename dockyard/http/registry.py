@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
@@ -68,6 +69,17 @@ MAX_TOKEN_FORM: Final = 64 * 1024
 DRAIN_LIMIT: Final = 64 * 1024 * 1024
 
 Handler = Callable[["Call"], Awaitable[Response]]
+
+
+# Metric children by label values: `labels()` validates and looks them up under a lock on every call.
+@functools.cache
+def _latency(route: str) -> Any:
+    return LATENCY.labels("registry", route)
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: methods are client-chosen strings
+def _requests(route: str, method: str, status: int) -> Any:
+    return REQUESTS.labels("registry", route, method, str(status))
 
 
 @dataclass(frozen=True)
@@ -176,8 +188,8 @@ class RegistryDoor:
             response = unexpected_error_response(exc, head)
             await drain_body(request, DRAIN_LIMIT)
         response.headers.update(API_VERSION_HEADER)
-        LATENCY.labels("registry", trace.route).observe(time.perf_counter() - started)
-        REQUESTS.labels("registry", trace.route, request.method, str(response.status_code)).inc()
+        _latency(trace.route).observe(time.perf_counter() - started)
+        _requests(trace.route, request.method, response.status_code).inc()
         await response(scope, receive, send)
 
     def challenge(self, trace: Trace, error: DockyardError) -> str:

@@ -1,10 +1,15 @@
 """The audit log: one JSON line per authorisation decision and per mutating call, in the data directory.
 
-While the disk takes them, lines are appended at once, one write each (a line is in the file before the
-answer to its request goes out). Once a write fails (a full disk), lines queue in memory instead and a writer
-thread appends them, retrying until space returns, so a full disk never fails a request; the queue is bounded
-(bytes), and a line that finds it full is dropped, counted and logged loudly, never silently lost. `close`
-(clean shutdown, or the end of a CLI command) writes what is queued.
+The request path only queues a line (in memory, bounded); one writer thread appends what has gathered in
+one write: at once when it has been idle for `FLUSH_SECONDS` (a lone call's line is in the file within
+milliseconds), else at most every `FLUSH_SECONDS`, sooner once `_BATCH` bytes wait, so a busy registry makes
+one write (and one lock) per interval instead of three system calls per request. A clean shutdown (`close`)
+writes every queued line; a crash loses at most the last `FLUSH_SECONDS` of lines.
+
+Once a write fails (a full disk), lines keep queueing and the writer retries until space returns, so a full
+disk never fails a request; the queue is bounded (bytes), and a line that finds it full is dropped, counted
+and logged loudly, never silently lost. `close` (clean shutdown, or the end of a CLI command) writes what is
+queued.
 
 Lines are appended with O_APPEND, so concurrent workers never interleave them. Only a write the disk cut
 short can leave part of a line; its writer then keeps an exclusive `flock` on the file until the rest is
@@ -30,6 +35,7 @@ DEFAULT_CAPACITY: Final = 64 * 1024 * 1024  # bytes of lines held while the disk
 RETRY_SECONDS: Final = 1.0
 CLOSE_SECONDS: Final = 10.0  # how long `close` keeps retrying a disk that is still full
 _BATCH: Final = 1024 * 1024  # bytes per write
+FLUSH_SECONDS: Final = 0.1  # the most a busy writer waits between writes: what a crash can lose
 IDLE_SECONDS: Final = 30.0  # a writer with nothing to do ends; the next line starts one
 
 
@@ -40,11 +46,13 @@ class JsonLinesAudit:
         capacity: int = DEFAULT_CAPACITY,
         retry_seconds: float = RETRY_SECONDS,
         close_seconds: float = CLOSE_SECONDS,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self.path = path
         self.capacity = capacity
         self.retry_seconds = retry_seconds
         self.close_seconds = close_seconds
+        self.flush_seconds = flush_seconds
         self.dropped = 0  # lines refused because the queue was full (or left unwritten at close)
         self._descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._pending: collections.deque[bytes] = collections.deque()
@@ -70,22 +78,16 @@ class JsonLinesAudit:
             if self._closing:
                 self._drop(1, "arrived after the log was closed")
                 return
-            if not (self._pending or self._tail or self._failing):
-                written = self._write(line, wait=False)  # nothing waits: append now, in order
-                if written == len(line):
-                    self._release()
-                    return
-                if written:  # cut short by the disk: the rest is the writer thread's, the lock stays held
-                    self._tail = line[written:]
-                    self._wake_writer()
-                    return
-                # Nothing written (the disk is full), or another process is completing a line it had cut short.
             if self._pending_bytes + len(line) > self.capacity:
                 self._drop(1, f"found {self._pending_bytes} bytes already waiting for the disk (the limit)")
                 return
+            was_empty = not self._pending
             self._pending.append(line)
             self._pending_bytes += len(line)
-            self._wake_writer()
+            # Wake the writer only when there is news for it: a first line (it may write at once) or a full
+            # batch; otherwise it comes back by itself within `flush_seconds`.
+            if was_empty or self._writer is None or self._pending_bytes >= _BATCH:
+                self._wake_writer()
 
     def _wake_writer(self) -> None:
         if self._writer is None:
@@ -138,6 +140,7 @@ class JsonLinesAudit:
     def _run(self) -> None:
         close_deadline: float | None = None
         retry_at = 0.0  # after a failed write: not before this, however many lines arrive meanwhile
+        next_write = 0.0  # after a write: gather lines until then (unless a batch is full, or closing)
         while True:
             with self._condition:
                 while True:
@@ -145,7 +148,8 @@ class JsonLinesAudit:
                     if self._closing and close_deadline is None:
                         close_deadline = now + self.close_seconds
                     work = bool(self._pending or self._tail)
-                    if work and now >= retry_at:
+                    gathered = self._closing or self._pending_bytes >= _BATCH or now >= next_write
+                    if work and now >= retry_at and gathered:
                         break
                     if not work and self._closing:
                         return
@@ -154,7 +158,7 @@ class JsonLinesAudit:
                             self._writer = None  # idle: the next line starts a writer again
                             return
                         continue
-                    self._condition.wait(retry_at - now)
+                    self._condition.wait(max(retry_at, next_write if not gathered else 0.0) - now)
                 batch = self._take_batch()
             written = self._write(batch) or 0
             with self._condition:
@@ -162,6 +166,7 @@ class JsonLinesAudit:
                 self._condition.notify_all()
             if written == len(batch):
                 retry_at = 0.0
+                next_write = time.monotonic() + self.flush_seconds
             elif close_deadline is not None and time.monotonic() >= close_deadline:
                 return
             else:

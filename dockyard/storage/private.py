@@ -24,6 +24,7 @@ OWNED_NAMES: Final = frozenset(
         "metadata.db-wal",
         "metadata.db-shm",
         "metadata.db-journal",
+        "metadata.db-pullcache",  # the pull cache's shared generation (storage/metadata/base.py)
         "master.key",
         "master.key.next",
         "root-credentials.json",

@@ -98,9 +98,17 @@ def image_actions(data_dirs: Path | list[Path], log: str, repository: str) -> li
 
 
 def one_line_each(data_dirs: Path | list[Path], repository: str, action: str, digests: set[str]) -> None:
-    """events.log and audit.log hold exactly one `action` line per digest, and none for others."""
+    """events.log and audit.log hold exactly one `action` line per digest, and none for others.
+
+    Both are written by a thread off the request path (within 0.1 s): each is read again until its lines are
+    all there, for a few seconds at most, then checked."""
     for log in ("events.log", "audit.log"):
-        lines = [d for d in image_actions(data_dirs, log, repository) if d["action-type"] == action]
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [d for d in image_actions(data_dirs, log, repository) if d["action-type"] == action]
+            if {d["image-digest"] for d in lines} >= digests or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling a file another process's thread writes, with a deadline
         assert Counter(d["image-digest"] for d in lines) == Counter(dict.fromkeys(digests, 1)), (log, lines)
         assert all(d["result"] == "SUCCESS" and d["initiator"] == "lifecycle-policy" for d in lines), lines
 
@@ -418,7 +426,11 @@ def test_scheduled_sweep_runs_once_per_interval_on_one_node(tmp_path: Path) -> N
         survivor = _wait(lambda: len(listed(ecr, target)) == 1 and listed(ecr, target), 10, "the second expiry")
         assert survivor == {new[-1]}
         logs = [server.data_dir for server in servers]
-        events = [d for d in image_actions(logs, "events.log", target) if d["action-type"] == "EXPIRE"]
+
+        def expiries() -> list[dict[str, Any]]:
+            return [d for d in image_actions(logs, "events.log", target) if d["action-type"] == "EXPIRE"]
+
+        events = _wait(lambda: len(expiries()) >= 4 and expiries(), 10, "the EXPIRE lines (written off the loop)")
         assert len(events) == 4 and len({d["image-digest"] for d in events}) == 4, events
     finally:
         for server in servers:

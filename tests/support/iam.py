@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,15 +165,25 @@ def audit_events(data_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def audit_matching(data_dir: Path, event_name: str, arn: str | None, resource_suffix: str = "") -> list[dict[str, Any]]:
-    """Audit events of one action by one principal (None: anonymous), optionally on a resource ending so."""
-    return [
-        event
-        for event in audit_events(data_dir)
-        if event.get("eventName") == event_name
-        and event.get("userIdentity", {}).get("arn") == arn
-        and any(str(r.get("ARN", "")).endswith(resource_suffix) for r in event.get("resources", []))
-    ]
+def audit_matching(
+    data_dir: Path, event_name: str, arn: str | None, resource_suffix: str = "", wait: float = 10.0
+) -> list[dict[str, Any]]:
+    """Audit events of one action by one principal (None: anonymous), optionally on a resource ending so.
+
+    The audit log is written by a thread off the request path (within its flush interval, 0.1 s): the file is
+    read again until such an event is there or `wait` seconds passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = [
+            event
+            for event in audit_events(data_dir)
+            if event.get("eventName") == event_name
+            and event.get("userIdentity", {}).get("arn") == arn
+            and any(str(r.get("ARN", "")).endswith(resource_suffix) for r in event.get("resources", []))
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)  # polling a file another thread writes, not dodging a race
 
 
 def sign_leaving_out(request: AWSRequest, header: str, key_id: str, secret: str, service: str = "ecr") -> None:

@@ -47,6 +47,19 @@ class ContentRecords(StoreBase):
         # or a client would skip uploading a blob its manifest then finds missing.
         return self._load_linked_blob_size(repository_id, digest)
 
+    def pull_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
+        """`linked_blob_size` for a HEAD/GET of the blob: cached only where every writer is heard at once (SQLite,
+        through `SharedGeneration`), since a client told a removed link still exists skips the upload and then
+        has its manifest refused; on PostgreSQL every node asks the database."""
+        if self._shared is None:
+            return self._load_linked_blob_size(repository_id, digest)
+        key = (repository_id, digest)
+        generation = self._pull_generation()
+        size = self._pull_links.get_or_load(key, lambda: self._load_linked_blob_size(repository_id, digest))
+        if size is None or generation != self._pull_generation():
+            self._pull_links.invalidate(key)
+        return size
+
     def _load_linked_blob_size(self, repository_id: int, digest: Digest) -> int | None:
         with self._read() as connection:
             size: int | None = connection.execute(
@@ -86,6 +99,7 @@ class ContentRecords(StoreBase):
                     repository_blobs.c.digest == str(digest),
                 )
             )
+        self._forget_content()
         return result.rowcount > 0
 
     def repositories_linking_blob(self, account_id: str, region: str, digest: Digest, limit: int) -> list[Repository]:
@@ -129,6 +143,22 @@ class ContentRecords(StoreBase):
             row = connection.execute(_GET_MANIFEST, {"repository_id": repository_id, "digest": str(digest)}).first()
         return None if row is None else manifest_record(row)
 
+    def pull_manifest(self, repository_id: int, reference: Digest | str) -> ManifestRecord | None:
+        """`get_manifest` (a Digest) or `resolve_tag` (a tag) for a pull, through the pull cache: an image deleted,
+        expired, archived or re-tagged through this store is forgotten at once, through another node within
+        the cache's TTL."""
+        key = (repository_id, reference)
+        generation = self._pull_generation()
+        if isinstance(reference, Digest):
+            digest = reference
+            record = self._pull_records.get_or_load(key, lambda: self._load_manifest(repository_id, digest))
+        else:
+            tag = reference
+            record = self._pull_records.get_or_load(key, lambda: self.resolve_tag(repository_id, tag))
+        if record is None or generation != self._pull_generation():
+            self._pull_records.invalidate(key)
+        return record
+
     def resolve_tag(self, repository_id: int, tag: str) -> ManifestRecord | None:
         with self._read() as connection:
             row = connection.execute(_RESOLVE_TAG, {"repository_id": repository_id, "tag": tag}).first()
@@ -167,6 +197,7 @@ class ContentRecords(StoreBase):
                 )
             for name in tag_names:
                 self._set_tag(connection, repository_id, name, record)
+        self._forget_content()  # a tag moved: its cached record is another image's now
         return []
 
     def _tag_target(self, connection: Connection, repository_id: int, name: str) -> Digest | None:
@@ -214,6 +245,7 @@ class ContentRecords(StoreBase):
     def delete_tag(self, repository_id: int, tag: str) -> bool:
         with self._write() as connection:
             result = connection.execute(delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag))
+        self._forget_content()
         return result.rowcount > 0
 
     def delete_manifest(self, repository_id: int, digest: Digest) -> bool:
@@ -233,6 +265,7 @@ class ContentRecords(StoreBase):
             result = connection.execute(
                 delete(manifests).where(manifests.c.repository_id == repository_id, manifests.c.digest.in_(wanted))
             )
+        self._forget_content()
         return result.rowcount
 
     def blob_referenced(self, repository_id: int, digest: Digest) -> bool:
@@ -324,6 +357,7 @@ class ContentRecords(StoreBase):
                 .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
                 .values(last_pulled_at=now)
             )
+        self._forget_content()  # the cached record's last_pulled_at is now old
 
     def list_referrers(self, repository_id: int, subject: Digest, artifact_type: str | None) -> list[ManifestRecord]:
         query = (

@@ -47,6 +47,7 @@ class IdentityRecords(StoreBase):
             for table in (user_policies, credentials, iam_users, registry_documents, creation_templates, quotas):
                 connection.execute(delete(table).where(table.c.account_id == account_id))
             connection.execute(delete(accounts).where(accounts.c.id == account_id))
+        self._user_policies.clear()
         return True
 
     def create_user(self, user: IamUser) -> bool:
@@ -80,6 +81,7 @@ class IdentityRecords(StoreBase):
             result = connection.execute(
                 delete(iam_users).where(iam_users.c.account_id == account_id, iam_users.c.user_name == user_name)
             )
+        self._user_policies.invalidate((account_id, user_name))
         return result.rowcount > 0
 
     def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKeyInfo]:
@@ -103,8 +105,14 @@ class IdentityRecords(StoreBase):
     def put_user_policy(self, account_id: str, user_name: str, policy_name: str, document: str) -> None:
         keys = {"account_id": account_id, "user_name": user_name, "policy_name": policy_name}
         self._upsert(user_policies, keys, {"document": document})
+        self._user_policies.invalidate((account_id, user_name))
 
     def user_policies(self, account_id: str, user_name: str) -> dict[str, str]:
+        """Cached for the store's TTL (read on every request of the user); writes here forget them at once."""
+        key = (account_id, user_name)
+        return self._user_policies.get_or_load(key, lambda: self._load_user_policies(account_id, user_name))
+
+    def _load_user_policies(self, account_id: str, user_name: str) -> dict[str, str]:
         table = user_policies
         query = (
             select(table.c.policy_name, table.c.document)
@@ -122,6 +130,7 @@ class IdentityRecords(StoreBase):
                     table.c.account_id == account_id, table.c.user_name == user_name, table.c.policy_name == policy_name
                 )
             )
+        self._user_policies.invalidate((account_id, user_name))
         return result.rowcount > 0
 
     def get_credential(self, access_key_id: str) -> Credential | None:

@@ -52,6 +52,7 @@ class OperationRecords(StoreBase):
                 .where(manifests.c.repository_id == repository_id, manifests.c.digest == str(digest))
                 .values(storage_class=storage_class, **stamp)
             )
+        self._forget_content()  # an archived image must not be pulled from the cache
 
     def manifest_children(self, repository_id: int) -> dict[Digest, list[Digest]]:
         """Every index of the repository with the manifests it lists."""
@@ -121,6 +122,7 @@ class OperationRecords(StoreBase):
             result = connection.execute(
                 delete(repository_blobs).where(repository_blobs.c.linked_at < linked_before, ~referenced)
             )
+        self._forget_content()
         return result.rowcount
 
     def delete_orphan_blob_rows(self, created_before: datetime) -> int:

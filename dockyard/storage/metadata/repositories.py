@@ -112,6 +112,7 @@ class RepositoryRecords(StoreBase):
             connection.execute(delete(repositories).where(repositories.c.id == repository_id))
         for cache in (self._repositories, self._documents):
             cache.clear()
+        self._forget_content()
 
     def count_manifests(self, repository_id: int) -> int:
         query = select(func.count()).select_from(manifests).where(manifests.c.repository_id == repository_id)
