@@ -154,7 +154,8 @@ def test_lifecycle_run_expires_what_the_policy_says(
     assert listed(ecr, repository) == set(digests.values())
     skopeo.pull(lc_server, f"{repository}:v1", f"oci:{tmp_path / 'dry'}:v1")
     assert image_actions(lc_server.data_dir, "events.log", repository) == []
-    assert "lastEvaluatedAt" not in aws.json("get-lifecycle-policy", "--repository-name", repository)
+    # ECR reports epoch 0 until a policy was first evaluated; a dry run is no evaluation.
+    assert aws.json("get-lifecycle-policy", "--repository-name", repository)["lastEvaluatedAt"] == 0
 
     started = datetime.now(UTC)
     run = run_lifecycle(lc_server, repository)
@@ -343,8 +344,9 @@ SWEEP_REPOSITORIES = 6
 
 
 def _last_evaluated(ecr: Any, repository: str) -> datetime | None:
-    value: datetime | None = ecr.get_lifecycle_policy(repositoryName=repository).get("lastEvaluatedAt")
-    return value
+    """When the policy was last evaluated; None before the first time (ECR answers epoch 0 then)."""
+    value: datetime = ecr.get_lifecycle_policy(repositoryName=repository)["lastEvaluatedAt"]
+    return None if value.timestamp() == 0 else value
 
 
 def _wait(condition: Any, timeout: float, what: str) -> Any:

@@ -48,6 +48,9 @@ class SharedGeneration:
     def bump(self) -> None:
         self._map[:8] = os.urandom(8)  # any change will do: readers compare with what they saw last
 
+    def close(self) -> None:
+        self._map.close()
+
 
 def shared_generation_for(engine: Engine) -> SharedGeneration | None:
     """For an SQLite file database, its shared generation (`<database>-pullcache`); None for other backends."""
@@ -81,6 +84,12 @@ class StoreBase:
         self._shared_seen = self._shared.read() if self._shared is not None else b""
         # An IAM user's inline policies, read on each of its requests: the same bound as repository policies.
         self._user_policies: TtlCache[dict[str, str]] = TtlCache(cache_ttl)
+
+    def close(self) -> None:
+        """Let go of the shared generation's mapping (a process that is done with the store; the engine is the
+        caller's to dispose of)."""
+        if self._shared is not None:
+            self._shared.close()
 
     def _forget_content(self) -> None:
         """After a write to manifests, tags or blob links: the pull caches must not answer from before it."""

@@ -222,9 +222,9 @@ def test_leftovers_older_than_the_grace_are_swept_live_uploads_and_fresh_files_k
 
 def test_sqlite_on_a_full_disk_reads_and_refuses_writes_with_the_storage_error(disk: Path) -> None:
     engine = make_engine(f"sqlite:///{disk / 'metadata.db'}")
+    upgrade(engine)
+    store = SqlMetadataStore(engine)
     try:
-        upgrade(engine)
-        store = SqlMetadataStore(engine)
         store.ensure_account("123456789012", T0)
         repository, _ = store.create_repository(RepositoryRef("123456789012", "us-east-1", "team/app"), T0)
         with engine.connect() as connection:  # a checkpointed WAL is reused in place: writes then need no space
@@ -239,6 +239,7 @@ def test_sqlite_on_a_full_disk_reads_and_refuses_writes_with_the_storage_error(d
         filler.unlink()
         store.create_upload(UploadSession(str(uuid.uuid4()), repository.id, T0))
     finally:
+        store.close()  # the shared generation's file is mapped: the tmpfs could not be unmounted
         engine.dispose()
 
 
