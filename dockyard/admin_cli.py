@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,8 +25,10 @@ from dockyard.domain.errors import DockyardError
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.master_key import opens_with, reseal_with, sealed_sample
 from dockyard.domain.quotas import DEFAULTS
-from dockyard.server import Services, load_master_key, prepare, write_private_file
 from dockyard.usage_cli import usage_app
+
+if TYPE_CHECKING:  # each command imports the stores itself: `--help` loads no SQL
+    from dockyard.services import Services
 
 admin_app = typer.Typer(
     help="Manage accounts, IAM users, access keys, policies, quotas and the master key.", no_args_is_help=True
@@ -53,6 +55,8 @@ AccountOption = Annotated[str, typer.Option("--account", help="12-digit account 
 
 
 def _services(data_dir: Path, database: str | None) -> Services:
+    from dockyard.services import prepare
+
     # The default account is irrelevant to admin commands; every command names its account.
     return prepare(Settings(data_dir.resolve(), "000000000000", database_url=database))
 
@@ -239,6 +243,8 @@ def rotate_master_key(
     master.key is replaced (with DOCKYARD_MASTER_KEY set, the new key is printed to set in its place instead).
     Outstanding login tokens become invalid. A rotation that stopped half-way is finished by running it again.
     """
+    from dockyard.services import load_master_key, write_private_file
+
     data_dir = data_dir.resolve()
     metadata = _services(data_dir, database).metadata
     old_key = load_master_key(data_dir)

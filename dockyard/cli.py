@@ -9,34 +9,34 @@ import sys
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
 from dockyard.config import (
     ACCOUNT_FILE,
-    AWS_REGIONS,
     REGIONS_ENV,
     ROOT_CREDENTIALS_FILE,
     ROOT_KEY_ID_ENV,
     ROOT_SECRET_ENV,
     SETTINGS_ENV,
     Settings,
+    aws_regions,
     remembered_account,
 )
 from dockyard.domain.clock import utc_now
-from dockyard.domain.iam import RootCredentials, bootstrap_root_credentials
-from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.exclusive import Held, Refused, claimed
 from dockyard.lifecycle_cli import lifecycle_app
-from dockyard.server import Services, prepare, write_private_file
 from dockyard.storage.private import UMASK, private_directory
-from dockyard.tls import TlsError, TlsFiles, check_files, self_signed, subject_names
+
+if TYPE_CHECKING:  # the commands import the server's stack themselves: `dockyard --help` stays light
+    from dockyard.domain.iam import RootCredentials
+    from dockyard.services import Services
+    from dockyard.tls import TlsFiles
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
 console = Console(stderr=True)
@@ -88,7 +88,7 @@ def _region_option(value: str) -> str:
 def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
     """The served regions `--regions` names (AWS's by default); the default region must be among them."""
     if value is None:
-        served = AWS_REGIONS
+        served = aws_regions()
     else:
         try:
             served = tuple(sorted({check_region(name.strip()) for name in value.split(",") if name.strip()}))
@@ -225,6 +225,9 @@ def serve(
         regions=served,
     )
     settings, tls_files = _tls_settings(settings, tls, tls_cert, tls_key, tls_san or [], tls_min_version)
+    from dockyard.domain.keys import WrongMasterKey
+    from dockyard.services import prepare
+
     services = prepare(settings)
     try:
         credentials = _bootstrap_credentials(services, settings)
@@ -241,6 +244,8 @@ def _tls_settings(
     settings: Settings, mode: TlsMode, cert: Path | None, key: Path | None, sans: list[str], minimum: TlsVersion
 ) -> tuple[Settings, TlsFiles | None]:
     """The settings with the certificate and key to serve HTTPS with (checked, or made), if TLS is asked for."""
+    from dockyard.tls import TlsError, check_files, self_signed, subject_names
+
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
     if cert is not None and mode is TlsMode.self_signed:
@@ -319,6 +324,11 @@ def _given_root_credentials() -> tuple[str, str] | None:
 
 
 def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+    from sqlalchemy.exc import IntegrityError
+
+    from dockyard.domain.iam import bootstrap_root_credentials
+    from dockyard.services import write_private_file
+
     given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,7 +15,17 @@ from rich.table import Table
 from dockyard.config import Settings
 from dockyard.domain.names import check_account
 from dockyard.domain.usage import Prices, UsageLedger, UsageLine, UsageReport, month_range
-from dockyard.server import prepare
+
+if TYPE_CHECKING:
+    from dockyard.services import Services
+
+
+def prepare(settings: Settings) -> Services:
+    """`dockyard.services.prepare`, imported when a command runs: `--help` loads no SQL."""
+    from dockyard.services import prepare as prepare_services
+
+    return prepare_services(settings)
+
 
 usage_app = typer.Typer(
     help="Usage metering and cost reports (storage per GB-month, data transfer out per GB).", no_args_is_help=True
