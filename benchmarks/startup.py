@@ -6,7 +6,8 @@ Markdown, the median (and best) of N runs of:
 * start to the first answer: from spawning `dockyard serve` (1 worker) to the first `GET /healthz` 200, on a new
   data directory (first start: key, credentials and schema made) and on the same one again (a restart); for
   Distribution, from spawning `docker-registry serve` to the first `GET /v2/` 200 (it has no /healthz);
-* idle RSS: the resident memory of the whole process tree (supervisor + worker), 2 s after the first answer;
+* idle RSS and PSS: the resident (and proportional) memory of the whole process tree (supervisor + worker),
+  2 s after the first answer of the restart;
 * CLI: wall time of `dockyard --help`, `dockyard lifecycle evaluate` (a tiny policy over two images),
   `dockyard admin account --help` and `python -c "import dockyard.cli"`, beside `docker-registry --help`.
 
@@ -59,52 +60,58 @@ def first_answer(server: Server, path: str) -> float:
     raise RuntimeError(f"{server.name} did not answer {path} within {TIMEOUT_S:.0f} s:\n{server.log_tail()}")
 
 
-def rss_bytes(pid: int) -> int:
-    """The resident set (VmRSS) summed over the process and its descendants."""
+def memory_bytes(pid: int, source: str, field: str) -> int:
+    """A /proc memory field summed over the process and its descendants."""
     total = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{member}/{source}").read_text().splitlines():
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
     return total
 
 
-def start_once(start: Callable[[], Server], path: str) -> tuple[float, int]:
-    """(seconds to the first answer, idle RSS bytes) of one start; the server is stopped after."""
+def start_once(start: Callable[[], Server], path: str) -> tuple[float, int, int]:
+    """(seconds to the first answer, idle RSS bytes, idle PSS bytes) of one start; the server is stopped after.
+
+    RSS sums count the pages a forked worker shares with its supervisor (the interpreter, Granian) twice; PSS
+    (proportional set size) splits each shared page among its sharers, so its sum is what the tree costs."""
     began = time.monotonic()
     server = start()
     try:
         answered = first_answer(server, path)
         time.sleep(IDLE_SETTLE_S)
-        return answered - began, rss_bytes(server.pid)
+        rss = memory_bytes(server.pid, "status", "VmRSS")
+        return answered - began, rss, memory_bytes(server.pid, "smaps_rollup", "Pss")
     finally:
         server.stop()
 
 
 def dockyard_starts(repeat: int, root: Path) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"first start s": [], "restart s": [], "idle RSS MB": []}
+    results: dict[str, list[float]] = {"first start s": [], "restart s": [], "idle RSS MB": [], "idle PSS MB": []}
     for index in range(repeat):
         workdir = root / f"dockyard-{index}"
         workdir.mkdir()
-        seconds, _ = start_once(lambda: start_dockyard(workdir, None), "/healthz")  # noqa: B023 (called at once)
+        seconds, _, _ = start_once(lambda: start_dockyard(workdir, None), "/healthz")  # noqa: B023 (called at once)
         results["first start s"].append(seconds)
-        seconds, rss = start_once(lambda: start_dockyard(workdir, None), "/healthz")  # noqa: B023
+        seconds, rss, pss = start_once(lambda: start_dockyard(workdir, None), "/healthz")  # noqa: B023
         results["restart s"].append(seconds)
         results["idle RSS MB"].append(rss / 1e6)
+        results["idle PSS MB"].append(pss / 1e6)
     return results
 
 
 def distribution_starts(repeat: int, root: Path) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"first start s": [], "restart s": [], "idle RSS MB": []}
+    results: dict[str, list[float]] = {"first start s": [], "restart s": [], "idle RSS MB": [], "idle PSS MB": []}
     for index in range(repeat):
         workdir = root / f"distribution-{index}"
         workdir.mkdir()
-        seconds, _ = start_once(lambda: start_distribution(workdir), "/v2/")  # noqa: B023 (called at once)
+        seconds, _, _ = start_once(lambda: start_distribution(workdir), "/v2/")  # noqa: B023 (called at once)
         results["first start s"].append(seconds)
-        seconds, rss = start_once(lambda: start_distribution(workdir), "/v2/")  # noqa: B023
+        seconds, rss, pss = start_once(lambda: start_distribution(workdir), "/v2/")  # noqa: B023
         results["restart s"].append(seconds)
         results["idle RSS MB"].append(rss / 1e6)
+        results["idle PSS MB"].append(pss / 1e6)
     return results
 
 

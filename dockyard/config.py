@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -34,10 +35,17 @@ def remembered_account(data_dir: Path) -> str | None:
 def aws_regions() -> tuple[str, ...]:
     """The regions of AWS's `aws` partition, from the endpoints data of the installed botocore (not a list
     kept by hand: a botocore upgrade brings new regions). Read when first needed: botocore and its endpoints
-    file cost a command that never looks at regions (and the supervisor, which gets them in its settings)."""
-    from botocore.loaders import create_loader
+    file cost a command that never looks at regions (and the supervisor, which gets them in its settings).
+    The file is read as it lies in the package: importing botocore's loader for it costs about 0.1 s."""
+    spec = importlib.util.find_spec("botocore")  # finds the package without importing it
+    locations = spec.submodule_search_locations if spec is not None else None
+    path = Path(locations[0]) / "data" / "endpoints.json" if locations else None
+    if path is not None and path.is_file():
+        endpoints = json.loads(path.read_bytes())
+    else:  # a botocore that keeps its data otherwise (compressed): its own loader knows
+        from botocore.loaders import create_loader
 
-    endpoints = create_loader().load_data("endpoints")
+        endpoints = create_loader().load_data("endpoints")
     partition = next(p for p in endpoints["partitions"] if p["partition"] == "aws")
     return tuple(sorted(partition["regions"]))
 

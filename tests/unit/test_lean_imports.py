@@ -40,3 +40,13 @@ def test_the_stores_load_no_http_stack_and_no_aws_sdk_without_s3_or_kms() -> Non
 def test_the_worker_loads_no_boto3_and_no_botocore_client() -> None:
     code = "import dockyard.server\nimport sys\nassert 'botocore.client' not in sys.modules, 'botocore.client'"
     assert "boto3" not in loaded_after(code, SERVER_STACK)
+
+
+def test_the_regions_read_without_botocore_are_its_loaders() -> None:
+    from botocore.loaders import create_loader
+
+    from dockyard.config import aws_regions
+
+    partitions = create_loader().load_data("endpoints")["partitions"]
+    assert aws_regions() == tuple(sorted(next(p for p in partitions if p["partition"] == "aws")["regions"]))
+    assert loaded_after("from dockyard.config import aws_regions\naws_regions()", SERVER_STACK) == []
