@@ -35,7 +35,7 @@ from dockyard.storage.private import UMASK, private_directory
 
 if TYPE_CHECKING:  # the commands import the server's stack themselves: `dockyard --help` stays light
     from dockyard.domain.iam import RootCredentials
-    from dockyard.services import Services
+    from dockyard.storage.startup import Prepared
     from dockyard.tls import TlsFiles
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
@@ -226,9 +226,9 @@ def serve(
     )
     settings, tls_files = _tls_settings(settings, tls, tls_cert, tls_key, tls_san or [], tls_min_version)
     from dockyard.domain.keys import WrongMasterKey
-    from dockyard.services import prepare
+    from dockyard.storage.startup import prepare_metadata
 
-    services = prepare(settings)
+    services = prepare_metadata(settings)  # the stores only: the workers build the whole graph
     try:
         credentials = _bootstrap_credentials(services, settings)
     except (WrongMasterKey, ValueError) as error:
@@ -323,11 +323,11 @@ def _given_root_credentials() -> tuple[str, str] | None:
     return (given_id, given_secret) if given_id and given_secret else None
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> RootCredentials | None:
+def _bootstrap_credentials(services: Prepared, settings: Settings) -> RootCredentials | None:
     from sqlalchemy.exc import IntegrityError
 
     from dockyard.domain.iam import bootstrap_root_credentials
-    from dockyard.services import write_private_file
+    from dockyard.storage.startup import write_private_file
 
     given = _given_root_credentials()
     try:

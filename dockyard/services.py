@@ -7,23 +7,19 @@ cloud SDKs (boto3/botocore) are imported only when an S3 blob store or an extern
 
 from __future__ import annotations
 
-import base64
-import os
-import secrets
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from dockyard.config import MASTER_KEY_ENV, Settings
+from dockyard.config import Settings
 from dockyard.domain.accounts import Accounts
 from dockyard.domain.clock import utc_now
 from dockyard.domain.encryption import RepositoryKeys
 from dockyard.domain.gc import GarbageCollector
 from dockyard.domain.iam import Authenticator, Authorizer, LoginTokens
 from dockyard.domain.images import Registry
-from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
+from dockyard.domain.keys import SecretBox
 from dockyard.domain.kms import KeyService
 from dockyard.domain.lifecycle_runs import LifecycleRunner
 from dockyard.domain.ports import BlobStore
@@ -37,7 +33,17 @@ from dockyard.storage.blobs.domains import KeyDomainStores, StorageDataKeys
 from dockyard.storage.blobs.filesystem import FilesystemBlobStore
 from dockyard.storage.metadata import SqlMetadataStore, make_engine
 from dockyard.storage.migrate import upgrade
-from dockyard.storage.private import create_private_file, make_private, private_directory
+from dockyard.storage.startup import load_master_key, prepare_data_dir, write_private_file
+
+# What callers long imported from here.
+__all__ = [
+    "Services",
+    "external_kms",
+    "load_master_key",
+    "make_blob_stores",
+    "prepare",
+    "write_private_file",
+]
 
 if TYPE_CHECKING:
     from dockyard.jobs.scheduler import Scheduler
@@ -153,27 +159,7 @@ def _raw_blob_stores(settings: Settings) -> Callable[[str | None], BlobStore]:
 
 def prepare(settings: Settings) -> Services:
     """Create the data directory and apply migrations: run once before any worker starts."""
-    private_directory(settings.data_dir)
-    make_private(settings.data_dir)  # what an older version left readable by others
+    prepare_data_dir(settings)
     services = Services(settings)
     upgrade(services.engine)
     return services
-
-
-def load_master_key(data_dir: Path) -> bytes:
-    """The master key from the environment (base64), else the data directory key file made at first start."""
-    if os.environ.get(MASTER_KEY_ENV):
-        key = base64.b64decode(os.environ[MASTER_KEY_ENV])
-        if len(key) != MASTER_KEY_BYTES:
-            raise ValueError(f"{MASTER_KEY_ENV} must be {MASTER_KEY_BYTES} bytes, base64-encoded")
-        return key
-    path = data_dir / "master.key"
-    if not path.exists():
-        write_private_file(path, base64.b64encode(secrets.token_bytes(MASTER_KEY_BYTES)) + b"\n")
-    return base64.b64decode(path.read_bytes().strip())
-
-
-def write_private_file(path: Path, content: bytes) -> None:
-    """Create a file only its owner can read (0600), never exposing it with wider permissions."""
-    with os.fdopen(create_private_file(path), "wb") as file:
-        file.write(content)

@@ -50,3 +50,8 @@ def test_the_regions_read_without_botocore_are_its_loaders() -> None:
     partitions = create_loader().load_data("endpoints")["partitions"]
     assert aws_regions() == tuple(sorted(next(p for p in partitions if p["partition"] == "aws")["regions"]))
     assert loaded_after("from dockyard.config import aws_regions\naws_regions()", SERVER_STACK) == []
+
+
+def test_serve_prepares_the_stores_without_the_http_stack_or_the_aws_sdk() -> None:
+    code = "import dockyard.cli\nimport dockyard.domain.iam\nfrom dockyard.storage.startup import prepare_metadata"
+    assert loaded_after(code, SERVER_STACK) == ["sqlalchemy"]
