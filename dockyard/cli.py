@@ -244,14 +244,16 @@ def _tls_settings(
     settings: Settings, mode: TlsMode, cert: Path | None, key: Path | None, sans: list[str], minimum: TlsVersion
 ) -> tuple[Settings, TlsFiles | None]:
     """The settings with the certificate and key to serve HTTPS with (checked, or made), if TLS is asked for."""
-    from dockyard.tls import TlsError, check_files, self_signed, subject_names
-
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
     if cert is not None and mode is TlsMode.self_signed:
         raise typer.BadParameter("either --tls self-signed or --tls-cert/--tls-key, not both", param_hint="--tls")
     if sans and mode is not TlsMode.self_signed:
         raise typer.BadParameter("names are certified only with --tls self-signed", param_hint="--tls-san")
+    if cert is None and mode is not TlsMode.self_signed:
+        return settings, None
+    from dockyard.tls import TlsError, check_files, self_signed, subject_names  # here: HTTP needs no cryptography.x509
+
     try:
         if cert is not None and key is not None:
             files = check_files(cert, key)
