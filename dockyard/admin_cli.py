@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -33,8 +33,10 @@ from dockyard.domain.accounts import Accounts
 from dockyard.domain.keys import MASTER_KEY_BYTES, SecretBox
 from dockyard.domain.master_key import opens_with, reseal_with, sealed_sample
 from dockyard.domain.quotas import DEFAULTS
-from dockyard.server import Services, load_master_key, write_private_file
 from dockyard.usage_cli import usage_app
+
+if TYPE_CHECKING:  # each command imports the stores itself: `--help` loads no SQL
+    from dockyard.services import Services
 
 admin_app = typer.Typer(
     help="Manage accounts, IAM users, access keys, policies, quotas and the master key.", no_args_is_help=True
@@ -59,6 +61,7 @@ AccountOption = Annotated[str, typer.Option("--account", help="12-digit account 
 
 
 def _services(data_dir: Path, database: str | None) -> Services:
+
     # The default account is irrelevant to admin commands; every command names its account.
     return open_services(data_dir, database)
 
@@ -298,6 +301,8 @@ def rotate_master_key(
     master.key is replaced (with DOCKYARD_MASTER_KEY set, the new key is printed to set in its place instead).
     Outstanding login tokens become invalid. A rotation that stopped half-way is finished by running it again.
     """
+    from dockyard.services import load_master_key, write_private_file
+
     data_dir = existing_data_dir(data_dir, database)
     metadata = _services(data_dir, database).metadata
     old_key = load_master_key(data_dir)

@@ -10,18 +10,16 @@ import tomllib
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import IntegrityError
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
 from dockyard.cli_common import DataDir, reported
 from dockyard.config import (
     ACCOUNT_FILE,
-    AWS_REGIONS,
     DEFAULT_CONFIG,
     DEFAULT_DATA_DIR,
     REGIONS_ENV,
@@ -30,22 +28,19 @@ from dockyard.config import (
     ROOT_SECRET_ENV,
     SETTINGS_ENV,
     Settings,
+    aws_regions,
     remembered_account,
 )
 from dockyard.domain.clock import utc_now
-from dockyard.domain.iam import (
-    DefaultAccountConflict,
-    RootCredentials,
-    bootstrap_root_credentials,
-    settle_default_account,
-)
-from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account, check_region
 from dockyard.exclusive import Held, Refused, claimed
 from dockyard.lifecycle_cli import lifecycle_app
-from dockyard.server import Services, prepare, write_private_file
-from dockyard.storage.private import UMASK, private_directory
-from dockyard.tls import TlsError, TlsFiles, check_files, self_signed, subject_names
+from dockyard.storage.private import UMASK, private_directory, write_new_private_file
+
+if TYPE_CHECKING:  # the commands import the server's stack themselves: `dockyard --help` stays light
+    from dockyard.domain.iam import RootCredentials
+    from dockyard.storage.startup import Prepared
+    from dockyard.tls import TlsFiles
 
 app = typer.Typer(help="Dockyard: a self-hosted container registry that does what AWS ECR does.")
 console = Console(stderr=True)
@@ -97,7 +92,7 @@ def _region_option(value: str) -> str:
 def _regions_option(value: str | None, default_region: str) -> tuple[str, ...]:
     """The served regions `--regions` names (AWS's by default); the default region must be among them."""
     if value is None:
-        served = AWS_REGIONS
+        served = aws_regions()
     else:
         try:
             served = tuple(sorted({check_region(name.strip()) for name in value.split(",") if name.strip()}))
@@ -265,7 +260,10 @@ def serve(
         regions=served,
     )
     settings, tls_files = _tls_settings(settings, tls, tls_cert, tls_key, tls_san or [], tls_min_version)
-    services = prepare(settings)
+    from dockyard.domain.keys import WrongMasterKey
+    from dockyard.storage.startup import prepare_metadata
+
+    services = prepare_metadata(settings)  # the stores only: the workers build the whole graph
     settings = _agreed_account(services, settings, default_account)
     try:
         started = _bootstrap_credentials(services, settings)
@@ -288,6 +286,10 @@ def _tls_settings(
         raise typer.BadParameter("either --tls self-signed or --tls-cert/--tls-key, not both", param_hint="--tls")
     if sans and mode is not TlsMode.self_signed:
         raise typer.BadParameter("names are certified only with --tls self-signed", param_hint="--tls-san")
+    if cert is None and mode is not TlsMode.self_signed:
+        return settings, None
+    from dockyard.tls import TlsError, check_files, self_signed, subject_names  # here: HTTP needs no cryptography.x509
+
     try:
         if cert is not None and key is not None:
             files = check_files(cert, key)
@@ -349,9 +351,11 @@ def _run_server(settings: Settings) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "dockyard.launcher"])  # noqa: S606 (our own module)
 
 
-def _agreed_account(services: Services, settings: Settings, given: str | None) -> Settings:
+def _agreed_account(services: Prepared, settings: Settings, given: str | None) -> Settings:
     """The settings with the registry's default account: the one its database keeps (every node sharing it
     agrees), stored by the first node to start; a `--default-account` that differs is refused."""
+    from dockyard.domain.iam import DefaultAccountConflict, settle_default_account
+
     try:
         account = settle_default_account(services.metadata, given, settings.default_account)
     except DefaultAccountConflict as conflict:
@@ -384,7 +388,11 @@ class Bootstrap:
     on_disk: Path | None  # a file in this data directory that holds the account's root credentials
 
 
-def _bootstrap_credentials(services: Services, settings: Settings) -> Bootstrap:
+def _bootstrap_credentials(services: Prepared, settings: Settings) -> Bootstrap:
+    from sqlalchemy.exc import IntegrityError
+
+    from dockyard.domain.iam import bootstrap_root_credentials
+
     given = _given_root_credentials()
     try:
         credentials = bootstrap_root_credentials(
@@ -429,7 +437,7 @@ def _replace_private_file(path: Path, content: bytes) -> None:
     is replaced only by a complete one."""
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
-    write_private_file(partial, content)
+    write_new_private_file(partial, content)
     os.replace(partial, path)
 
 

@@ -4,23 +4,25 @@ directory, `--output`, and one-line reports of refused commands (never a stack t
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # the click Typer runs on
 
 from dockyard.config import DATA_DIR_ENV, METADATA_FILE, Settings
 from dockyard.domain.errors import DockyardError
 from dockyard.domain.keys import WrongMasterKey
 from dockyard.domain.names import check_account
-from dockyard.server import Services, prepare
+
+if TYPE_CHECKING:  # commands import the stores when they run: `--help` loads no SQL
+    from dockyard.services import Services
 
 # Exit statuses: 2 for what the operator can fix on the command line (click's own usage errors are 2 too),
 # 1 for what failed although the command was right (an unreachable database, a wrong master key).
@@ -88,6 +90,8 @@ def existing_data_dir(data_dir: Path, database: str | None) -> Path:
 
 def open_services(data_dir: Path, database: str | None, account: str = NO_ACCOUNT) -> Services:
     """The services over an existing data directory (and its database)."""
+    from dockyard.services import prepare
+
     return prepare(Settings(existing_data_dir(data_dir, database), account, database_url=database))
 
 
@@ -115,13 +119,25 @@ def reported() -> Iterator[None]:
         fail(f"{error.ecr_exception}: {error.message}")
     except WrongMasterKey as error:
         fail(str(error), FAILURE)
-    except (NoSuchModuleError, ArgumentError) as error:
-        fail(f"--database: not a usable SQLAlchemy URL: {_first_line(error)}")
-    except OperationalError as error:
-        fail(f"cannot use the metadata database: {_first_line(error.orig)} (check --database)", FAILURE)
-    except IntegrityError as error:
-        fail(f"refused by the metadata database: {_first_line(error.orig)}")
-    except DBAPIError as error:
-        fail(f"the metadata database failed: {_first_line(error.orig)}", FAILURE)
     except OSError as error:  # e.g. a SQLite --database in a directory that does not exist
         fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), FAILURE)
+    except Exception as error:
+        _database_failure(error)
+        raise
+
+
+def _database_failure(error: Exception) -> None:
+    """One line for the metadata database's errors (and return for any other). SQLAlchemy is imported only if
+    the command loaded it already: an error of a command that never did is none of its errors."""
+    if "sqlalchemy" not in sys.modules:
+        return
+    from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+
+    if isinstance(error, NoSuchModuleError | ArgumentError):
+        fail(f"--database: not a usable SQLAlchemy URL: {_first_line(error)}")
+    if isinstance(error, OperationalError):
+        fail(f"cannot use the metadata database: {_first_line(error.orig)} (check --database)", FAILURE)
+    if isinstance(error, IntegrityError):
+        fail(f"refused by the metadata database: {_first_line(error.orig)}")
+    if isinstance(error, DBAPIError):
+        fail(f"the metadata database failed: {_first_line(error.orig)}", FAILURE)

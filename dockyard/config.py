@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Final
-
-from botocore.loaders import create_loader
 
 SETTINGS_ENV: Final = "DOCKYARD_SETTINGS"
 ROOT_KEY_ID_ENV: Final = "DOCKYARD_ROOT_ACCESS_KEY_ID"
@@ -35,15 +35,30 @@ def remembered_account(data_dir: Path) -> str | None:
     return None
 
 
+@cache
 def aws_regions() -> tuple[str, ...]:
     """The regions of AWS's `aws` partition, from the endpoints data of the installed botocore (not a list
-    kept by hand: a botocore upgrade brings new regions)."""
-    endpoints = create_loader().load_data("endpoints")
+    kept by hand: a botocore upgrade brings new regions). Read when first needed: botocore and its endpoints
+    file cost a command that never looks at regions (and the supervisor, which gets them in its settings).
+    The file is read as it lies in the package: importing botocore's loader for it costs about 0.1 s."""
+    spec = importlib.util.find_spec("botocore")  # finds the package without importing it
+    locations = spec.submodule_search_locations if spec is not None else None
+    path = Path(locations[0]) / "data" / "endpoints.json" if locations else None
+    if path is not None and path.is_file():
+        endpoints = json.loads(path.read_bytes())
+    else:  # a botocore that keeps its data otherwise (compressed): its own loader knows
+        from botocore.loaders import create_loader
+
+        endpoints = create_loader().load_data("endpoints")
     partition = next(p for p in endpoints["partitions"] if p["partition"] == "aws")
     return tuple(sorted(partition["regions"]))
 
 
-AWS_REGIONS: Final = aws_regions()
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`AWS_REGIONS`, computed on first use (see `aws_regions`)."""
+    if name == "AWS_REGIONS":
+        return aws_regions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,8 @@ class Settings:
     encrypt_at_rest: bool = True  # envelope-encrypt AES256 repositories' content (KMS ones always are)
     access_log: str = "stderr"  # one JSON line per request: "stderr", "off", or a file path
     shutdown_grace: float = 30.0  # seconds requests in flight get to finish after SIGTERM/SIGINT
-    regions: tuple[str, ...] = AWS_REGIONS  # the regions served; requests scoped to another are refused
+    # The regions served; requests scoped to another are refused.
+    regions: tuple[str, ...] = field(default_factory=aws_regions)
     tls_cert: str | None = None  # PEM certificate chain: HTTPS when set (with tls_key)
     tls_key: str | None = None
     tls_min_version: str = "1.2"  # "1.2" or "1.3": the oldest TLS version a client may use

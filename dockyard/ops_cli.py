@@ -17,26 +17,26 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email.message import Message
 from pathlib import Path
-from typing import IO, Annotated, Any, Final
+from typing import IO, TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from rich import filesize
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from dockyard.cli_common import Database, DataDir, Output, OutputFormat, open_services, print_json
 from dockyard.config import DEFAULT_DATA_DIR, remembered_account
 from dockyard.domain.errors import DockyardError
-from dockyard.domain.gc import DEFAULT_UPLOAD_TTL, GarbageCollector
+from dockyard.domain.gc import DEFAULT_UPLOAD_TTL
 from dockyard.domain.iam import DEFAULT_ACCOUNT_SETTING
 from dockyard.domain.lifecycle import epoch_seconds
 from dockyard.domain.names import RepositoryRef
 from dockyard.domain.scanning.inventory import SCANNED_ECOSYSTEMS
-from dockyard.domain.scanning.layout import scan_layout
-from dockyard.domain.scanning.service import ImageScanner, ImportReport, incomplete_description
 from dockyard.lifecycle_cli import lifecycle_app
+
+if TYPE_CHECKING:  # the commands import what they run: `--help` loads no SQL, scanner or progress bar
+    from dockyard.domain.scanning.service import ImageScanner, ImportReport
 
 console = Console(stderr=True)
 
@@ -97,6 +97,8 @@ def gc(
 ) -> None:
     """Collect garbage now: expired uploads, partial files of failed writes, unreferenced blob links and blobs.
     Safe while the server runs."""
+    from dockyard.domain.gc import GarbageCollector
+
     services = open_services(data_dir, database)
     collector = GarbageCollector(
         services.metadata, services.blobs, grace=timedelta(seconds=grace), upload_ttl=timedelta(seconds=upload_ttl)
@@ -307,6 +309,15 @@ def _gcs_md5(headers: Message) -> bytes | None:
 def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A Rich progress bar on a terminal; a line at the start and at the end otherwise (logs, CI)."""
     if console.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         columns = (TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(label, total=total)
@@ -337,6 +348,9 @@ def scan(
     database: Database = None,
 ) -> None:
     """Scan an OCI image layout on disk with the server's code and database; prints the findings."""
+    from dockyard.domain.scanning.layout import scan_layout
+    from dockyard.domain.scanning.service import incomplete_description
+
     services = open_services(data_dir, database)
     try:
         findings = scan_layout(layout, ref, services.scanner)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
+from botocore.model import ServiceModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,8 +42,15 @@ class AwsJsonDoor(Generic[C]):
     def __init__(self, authenticator: Authenticator, clock: Clock) -> None:
         self.authenticator = authenticator
         self.clock = clock
-        self.model = aws_json.service_model(self.SERVICE)
-        self.handlers: dict[str, Callable[[C], dict[str, Any]]] = {
+
+    @cached_property
+    def model(self) -> ServiceModel:
+        """Read at the door's first request, not at the worker's start (which it would slow by tens of ms)."""
+        return aws_json.service_model(self.SERVICE)
+
+    @cached_property
+    def handlers(self) -> dict[str, Callable[[C], dict[str, Any]]]:
+        return {
             name: getattr(self, snake_case(name))
             for name in self.model.operation_names
             if hasattr(self, snake_case(name))
