@@ -335,11 +335,31 @@ class Authorizer:
             self._parsed[key] = policy
         return ParsedPolicy(policy, text.lower())
 
+    def record_result(
+        self,
+        principal: Principal,
+        action: str,
+        repository: RepositoryRef,
+        response_elements: dict[str, Any],
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        """What an allowed change did (a delete: the digests and tags it removed), as CloudTrail's
+        `responseElements`: the decision line says who may, this line says what went."""
+        action = _service_action(action, repository)
+        self._record(principal, action, repository.arn, "DONE", context, response_elements)
+
     def _record(
-        self, principal: Principal | None, action: str, resource: str, outcome: str, context: Mapping[str, str] | None
+        self,
+        principal: Principal | None,
+        action: str,
+        resource: str,
+        outcome: str,
+        context: Mapping[str, str] | None,
+        response_elements: dict[str, Any] | None = None,
     ) -> None:
         if self.audit is None:
             return
+        extra = {} if response_elements is None else {"responseElements": response_elements}
         self.audit.record(
             {
                 "eventTime": self.clock().isoformat(),
@@ -355,6 +375,7 @@ class Authorizer:
                 "resources": [{"ARN": resource}],
                 "sourceIPAddress": (context or {}).get("aws:SourceIp"),
                 "decision": outcome,
+                **extra,
             }
         )
 

@@ -61,6 +61,20 @@ _NON_DISTRIBUTABLE_MARKERS: Final = ("foreign", "nondistributable")
 
 
 @dataclass(frozen=True)
+class Removed:
+    """What a manifest delete removed: the image's digest and the tags that went with it (all of them by
+    digest, the one named by tag), for the audit line."""
+
+    digest: Digest
+    tags: tuple[str, ...]
+
+    def response_elements(self) -> dict[str, Any]:
+        """CloudTrail's shape for BatchDeleteImage: one image id per tag, or the bare digest."""
+        ids = [{"imageDigest": str(self.digest), "imageTag": tag} for tag in self.tags]
+        return {"imageIds": ids or [{"imageDigest": str(self.digest)}]}
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[str]
     has_more: bool
@@ -421,12 +435,13 @@ class Registry:
             self.blobs.check_usable(key_domain(repository.settings))
         return content
 
-    def delete_manifest(self, ref: RepositoryRef, reference: str) -> None:
+    def delete_manifest(self, ref: RepositoryRef, reference: str) -> Removed:
         repository = self.repository(ref)
         if not is_digest_reference(reference):
-            if not (is_tag(reference) and self.metadata.delete_tag(repository.id, reference)):
+            tagged = self.metadata.resolve_tag(repository.id, reference) if is_tag(reference) else None
+            if tagged is None or not self.metadata.delete_tag(repository.id, reference):
                 raise ManifestUnknown(f"tag {reference!r} unknown", detail={"tag": reference})
-            return
+            return Removed(tagged.digest, (reference,))
         digest = Digest.parse(reference)
         parents = self.metadata.manifest_parents(repository.id, digest)
         if parents:
@@ -434,8 +449,10 @@ class Registry:
                 f"manifest {digest} is listed by index {parents[0]}; delete the index first",
                 detail={"digest": str(digest), "referencedBy": [str(p) for p in parents]},
             )
+        tags = self.metadata.tags_of(repository.id, digest)  # they go with it: the audit line names them
         if not self.metadata.delete_manifest(repository.id, digest):
             raise ManifestUnknown(f"manifest {digest} unknown", detail={"digest": reference})
+        return Removed(digest, tuple(tags))
 
     def tags(self, ref: RepositoryRef, after: str | None, limit: int) -> Page:
         names = self.metadata.list_tags(self.repository(ref).id, after, limit + 1)

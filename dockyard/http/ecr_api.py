@@ -569,6 +569,9 @@ class EcrDoor(EcrSettingsOperations, AwsJsonDoor[EcrCall]):
         deleted, failures = self._guard_repository(
             call, lambda: self.images.batch_delete(call.ref(), _image_ids(call.params["imageIds"]))
         )
+        if deleted:  # the decision line says who may; this one says which digests and tags went
+            removed = {"imageIds": [_image_id_shape(i) for i in deleted]}
+            self.authorizer.record_result(call.principal, "ecr:BatchDeleteImage", call.ref(), removed, call.context)
         return {"imageIds": [_image_id_shape(i) for i in deleted], "failures": [_failure_shape(f) for f in failures]}
 
     def put_image(self, call: EcrCall) -> dict[str, Any]:

@@ -578,7 +578,15 @@ class RegistryDoor:
 
     async def delete_manifest(self, call: Call) -> Response:
         self.authorize(call, "ecr:BatchDeleteImage")
-        await run_in_threadpool(self.registry.delete_manifest, call.ref, call.params["reference"])
+        removed = await run_in_threadpool(self.registry.delete_manifest, call.ref, call.params["reference"])
+        if call.principal is not None:  # authorised above: never None here
+            self.authorizer.record_result(
+                call.principal,
+                "ecr:BatchDeleteImage",
+                call.ref,
+                removed.response_elements(),
+                request_context(call.request),
+            )
         return Response(status_code=202, headers={"Content-Length": "0"})
 
     async def list_tags(self, call: Call) -> Response:
