@@ -29,13 +29,17 @@ settings.load_profile("dockyard")
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Services:
+def services(tmp_path: Path) -> Iterator[Services]:
     settings = Settings(tmp_path / "data", ACCOUNT_ID)
     services = prepare(settings)
     bootstrap_root_credentials(
         services.metadata, services.box, ACCOUNT_ID, utc_now(), (ACCESS_KEY_ID, SECRET_ACCESS_KEY)
     )
-    return services
+    yield services
+    # Let go of the store's mapped file and connections now, not whenever the collector gets to them: a suite
+    # of thousands of these would otherwise hold thousands of descriptors.
+    services.metadata.close()
+    services.engine.dispose()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import os
 import pty
 import re
-import select
+import selectors
 import struct
 import subprocess
 import sys
@@ -31,9 +31,12 @@ def _read_until(fd: int, marker: str, timeout: float = 120) -> str:
     """What the server writes on `fd` up to the end of the line holding `marker`."""
     seen = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if ready:
+    # A selector, not select(): deep in a long suite the pty's descriptor can be numbered past select's 1024.
+    with selectors.DefaultSelector() as watch:
+        watch.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not watch.select(1.0):
+                continue
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # the pty's other end closed: the server exited

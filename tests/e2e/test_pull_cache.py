@@ -1,10 +1,12 @@
-"""Two `dockyard serve` processes on one data directory (two nodes, as far as their caches go): what one
-changes, the other honours at once, although it had the old answer cached (on SQLite every process hears of
-the write through the data directory's shared generation; across PostgreSQL nodes the bound is the cache's
-TTL: docs/architecture.md)."""
+"""Two `dockyard serve` processes over one SQLite database and one blob store (two nodes on one machine, each
+with its own data directory, as the data-directory lock requires): what one changes, the other honours at once,
+although it had the old answer cached (on SQLite every process hears of the write through the database's shared
+generation; across PostgreSQL nodes the bound is the cache's TTL: docs/architecture.md)."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +17,22 @@ from tests.support.images import sha256
 from tests.support.server import ServerProcess
 
 
+def _node(tmp_path: Path, name: str, database: str, master_key: str) -> ServerProcess:
+    """A node whose blob store is the shared one (its data directory's `storage` links to it)."""
+    data_dir = tmp_path / name
+    data_dir.mkdir(mode=0o700)
+    (data_dir / "storage").symlink_to(tmp_path / "shared-storage", target_is_directory=True)
+    return ServerProcess(data_dir, extra_args=["--database", database], environment={"DOCKYARD_MASTER_KEY": master_key})
+
+
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first = ServerProcess(tmp_path / "data").start()
+    (tmp_path / "shared-storage").mkdir(mode=0o700)
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    first = _node(tmp_path, "node-1", database, master_key).start()
     try:
-        second = ServerProcess(tmp_path / "data").start()
+        second = _node(tmp_path, "node-2", database, master_key).start()
         try:
             yield first, second
         finally:
