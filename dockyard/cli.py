@@ -17,7 +17,7 @@ from rich.console import Console
 
 from dockyard import ops_cli
 from dockyard.admin_cli import admin_app
-from dockyard.cli_common import DataDir, reported
+from dockyard.cli_common import DataDir, account_option, reported
 from dockyard.config import (
     ACCOUNT_FILE,
     DEFAULT_CONFIG,
@@ -32,7 +32,7 @@ from dockyard.config import (
     remembered_account,
 )
 from dockyard.domain.clock import utc_now
-from dockyard.domain.names import check_account, check_region
+from dockyard.domain.names import check_region
 from dockyard.exclusive import Held, Refused, claimed
 from dockyard.lifecycle_cli import lifecycle_app
 from dockyard.storage.private import UMASK, private_directory, write_new_private_file
@@ -71,15 +71,6 @@ class TlsVersion(StrEnum):
 @app.callback()
 def _group() -> None:
     """Dockyard: a self-hosted container registry that does what AWS ECR does."""
-
-
-def _account_option(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            check_account(value)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
 
 
 def _region_option(value: str) -> str:
@@ -136,7 +127,7 @@ def serve(
         str | None,
         typer.Option(
             help="12-digit account that owns requests naming no account (generated at first start).",
-            callback=_account_option,
+            callback=account_option,
         ),
     ] = None,
     default_region: Annotated[str, typer.Option(callback=_region_option)] = "us-east-1",
